@@ -18,7 +18,7 @@ endif()
 
 if(KVC_CUDA_ENABLED)
   set(CMAKE_CUDA_ARCHITECTURES ${KVC_CUDA_ARCHITECTURES})
-  set(CMAKE_CUDA_STANDARD 20)
+  set(CMAKE_CUDA_STANDARD 17)  # CMake 3.25 cannot pass C++20 to nvcc; .cu files stay C++17
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)

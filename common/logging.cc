@@ -52,7 +52,7 @@ void SetMinLogLevel(LogLevel level) { g_min_level.store(static_cast<int>(level))
 LogLevel MinLogLevel() { return static_cast<LogLevel>(g_min_level.load()); }
 
 absl::StatusOr<LogLevel> ParseLogLevel(std::string_view name) {
-  std::string n = absl::AsciiStrToLower(name);
+  std::string n = absl::AsciiStrToLower(std::string(name));
   if (n == "debug") return LogLevel::kDebug;
   if (n == "info") return LogLevel::kInfo;
   if (n == "warning" || n == "warn") return LogLevel::kWarning;

@@ -1,0 +1,64 @@
+// Executor: runs the model on one backend (CPU reference, CUDA) over the per-head paged KV cache.
+//
+// Ownership: the executor owns the weights and the KV *storage* (K, V, per-KV score and token
+// position, indexed by block id). The KvManager owns block ids and block tables; before each
+// Forward() the engine reserves room in the KvManager for the tokens being processed, so the
+// tables passed in already count the new tokens. The executor writes the K/V of new token i of
+// a sequence into logical slot (num_kvs - tokens.size() + i) of every (layer, kv_head).
+//
+// Thread-safety: an executor is driven by one engine thread; it is not thread-safe.
+#ifndef KVC_WORKER_EXECUTOR_H_
+#define KVC_WORKER_EXECUTOR_H_
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "kvmanager/kv_layout.h"
+#include "model/config.h"
+
+namespace kvc {
+
+// One sequence's slice of a forward pass.
+struct ForwardSequence {
+  int64_t seq_id = 0;
+  // Tokens processed this step: the prompt (or a chunk of it) at prefill, one token at decode.
+  std::span<const int32_t> tokens;
+  // Absolute position of tokens[0] (RoPE position; also stored beside each KV).
+  int32_t start_position = 0;
+  // Block tables after room for `tokens` was reserved. Not owned; valid during Forward().
+  const SequenceBlockTables* tables = nullptr;
+  // Return logits of every token in `tokens` (tests, scoring) rather than only the last one.
+  bool all_logits = false;
+};
+
+struct ForwardBatch {
+  std::vector<ForwardSequence> seqs;
+};
+
+struct ForwardOutput {
+  // Concatenated logits, row-major [rows, vocab_size]: for each sequence in batch order,
+  // tokens.size() rows if all_logits else 1 row (its last token).
+  std::vector<float> logits;
+  int32_t vocab_size = 0;
+};
+
+class Executor {
+ public:
+  virtual ~Executor() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  virtual const KvLayout& layout() const = 0;
+  // "cpu" or "cuda".
+  virtual std::string backend() const = 0;
+
+  // Runs the model over the batch (prefill and decode sequences may be mixed), appending each
+  // new token's K/V to its heads. Returns INVALID_ARGUMENT on inconsistent tables.
+  virtual absl::Status Forward(const ForwardBatch& batch, ForwardOutput* out) = 0;
+};
+
+}  // namespace kvc
+
+#endif  // KVC_WORKER_EXECUTOR_H_
