@@ -31,6 +31,9 @@ namespace kvc {
 class Counter {
  public:
   void Increment(double v = 1.0);
+  // For collectors that mirror a monotonic count owned by another component (e.g. the
+  // KV-manager's evicted-KV total): sets the value. Callers guarantee it never decreases.
+  void Mirror(double v) { value_.store(v, std::memory_order_relaxed); }
   double value() const { return value_.load(std::memory_order_relaxed); }
 
  private:

@@ -1,0 +1,180 @@
+// kvc-worker: one model replica on one device. Serves kvc.v1.Worker (token ids in, streamed token
+// ids out) and kvc.v1.KvManager (capacity and statistics) on one gRPC port, grpc.health.v1, and
+// Prometheus metrics on --metrics_port.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/metrics.h"
+#include "common/metrics_http.h"
+#include "common/process.h"
+#include "common/status_macros.h"
+#include "kernels/include/kvc/kernels/device_info.h"
+#include "kvmanager/kvmanager_service.h"
+#include "model/weights.h"
+#include "worker/cpu_executor.h"
+#include "worker/engine.h"
+#include "worker/worker_service.h"
+
+ABSL_FLAG(std::string, model_dir, "models/kvc-ref",
+          "Model directory in Hugging Face layout (config.json, *.safetensors).");
+ABSL_FLAG(bool, random_weights, false,
+          "Build the model from config.json alone with random weights (benchmarks).");
+ABSL_FLAG(std::string, served_model_name, "", "Model name reported to clients (default: dir name).");
+ABSL_FLAG(std::string, host, "127.0.0.1", "Address to bind (0.0.0.0 in containers).");
+ABSL_FLAG(int, port, 50061, "gRPC port (0 = pick a free one; see --ready_file).");
+ABSL_FLAG(int, metrics_port, 9461, "Prometheus /metrics port (0 = pick a free one, -1 = off).");
+ABSL_FLAG(std::string, backend, "auto", "Executor backend: auto, cpu or cuda.");
+ABSL_FLAG(int64_t, num_blocks, 0, "KV blocks in the pool (0 = derive from --kv_cache_memory).");
+ABSL_FLAG(int64_t, kv_cache_memory, 256ll << 20, "Bytes for the KV pool when --num_blocks is 0.");
+ABSL_FLAG(int, block_size, 16, "KVs per block (one (sequence, layer, kv_head) per block).");
+ABSL_FLAG(int, max_num_seqs, 64, "Maximum running sequences.");
+ABSL_FLAG(int, max_prefill_tokens, 4096, "Prompt tokens prefilled per engine step.");
+ABSL_FLAG(float, default_temperature, 1.0f, "Temperature when a request sets none.");
+ABSL_FLAG(int, default_max_tokens, 256, "max_tokens when a request sets none.");
+ABSL_FLAG(bool, per_head_metrics, false, "Export kvc_kv_head_kvs{layer,head} (L*H series).");
+ABSL_FLAG(bool, check_invariants, false, "Check KV-manager invariants after every step (debug).");
+ABSL_FLAG(std::string, ready_file, "", "Write the bound ports here as JSON once serving.");
+ABSL_FLAG(std::string, log_level, "info", "debug, info, warning or error.");
+
+namespace kvc {
+namespace {
+
+absl::Status Run() {
+  auto level = ParseLogLevel(absl::GetFlag(FLAGS_log_level));
+  RETURN_IF_ERROR(level.status());
+  SetMinLogLevel(*level);
+
+  const std::string model_dir = absl::GetFlag(FLAGS_model_dir);
+  std::shared_ptr<const ModelWeights> weights;
+  if (absl::GetFlag(FLAGS_random_weights)) {
+    ASSIGN_OR_RETURN(ModelConfig cfg, ModelConfig::FromJsonFile(model_dir + "/config.json"));
+    ASSIGN_OR_RETURN(auto w, ModelWeights::Random(cfg, /*seed=*/1234));
+    weights = std::make_shared<const ModelWeights>(std::move(w));
+  } else {
+    ASSIGN_OR_RETURN(auto w, LoadModel(model_dir));
+    weights = std::make_shared<const ModelWeights>(std::move(w));
+  }
+  const ModelConfig& cfg = weights->config();
+  std::string name = absl::GetFlag(FLAGS_served_model_name);
+  if (name.empty()) name = std::filesystem::path(model_dir).lexically_normal().filename().string();
+  if (name.empty()) name = std::filesystem::path(model_dir).parent_path().filename().string();
+
+  const std::string backend = absl::GetFlag(FLAGS_backend);
+  if (backend != "auto" && backend != "cpu" && backend != "cuda") {
+    return absl::InvalidArgumentError("--backend must be auto, cpu or cuda, got " + backend);
+  }
+  if (backend == "cuda") {
+    return absl::UnimplementedError(
+        "--backend=cuda: the CUDA executor is not part of this build yet; use --backend=cpu");
+  }
+  if (backend == "auto" && kernels::CudaDeviceCount() > 0) {
+    KVC_LOG(WARNING) << "a CUDA device is present but the CUDA executor is not built yet; "
+                        "serving on the CPU backend";
+  }
+
+  const int32_t block_size = absl::GetFlag(FLAGS_block_size);
+  if (block_size < 1 || block_size > 256) {
+    return absl::InvalidArgumentError(absl::StrCat("--block_size must be in [1, 256], got ",
+                                                   block_size));
+  }
+  int64_t num_blocks = absl::GetFlag(FLAGS_num_blocks);
+  if (num_blocks <= 0) {
+    // K + V fp32, plus score (fp32) and position (int32) per KV.
+    const int64_t bytes_per_block =
+        static_cast<int64_t>(block_size) * (2 * cfg.head_dim * 4 + 4 + 4);
+    num_blocks = absl::GetFlag(FLAGS_kv_cache_memory) / bytes_per_block;
+  }
+  if (num_blocks < 1) return absl::InvalidArgumentError("the KV pool would have no blocks");
+
+  ASSIGN_OR_RETURN(auto executor,
+                   CpuExecutor::Create(weights, num_blocks, block_size));
+  KvManagerOptions kv_options;
+  kv_options.layout = executor->layout();
+  ASSIGN_OR_RETURN(auto kv, KvManager::Create(kv_options));
+
+  MetricsRegistry metrics;
+  const KvManager* kv_ptr = kv.get();
+  EngineOptions eopts;
+  eopts.max_num_seqs = absl::GetFlag(FLAGS_max_num_seqs);
+  eopts.max_prefill_tokens = absl::GetFlag(FLAGS_max_prefill_tokens);
+  eopts.check_invariants = absl::GetFlag(FLAGS_check_invariants);
+  if (eopts.max_num_seqs < 1) return absl::InvalidArgumentError("--max_num_seqs must be >= 1");
+  if (eopts.max_prefill_tokens < 1) {
+    return absl::InvalidArgumentError("--max_prefill_tokens must be >= 1");
+  }
+  Engine engine(std::move(executor), std::move(kv), eopts, &metrics);
+  ExportKvMetrics(kv_ptr, &metrics, absl::GetFlag(FLAGS_per_head_metrics));
+  auto& up = metrics.AddGauge("kvc_worker_info", "Worker identity (value 1).",
+                              {"model", "backend"});
+  up.WithLabels({name, engine.executor().backend()}).Set(1);
+
+  SamplingDefaults defaults;
+  defaults.temperature = absl::GetFlag(FLAGS_default_temperature);
+  defaults.max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
+  WorkerService worker_service(&engine, name, defaults);
+  KvManagerService kv_service(kv_ptr, [&engine] {
+    return QueueDepth{engine.num_running(), engine.num_waiting()};
+  });
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  const std::string addr =
+      absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
+  builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(&worker_service);
+  builder.RegisterService(&kv_service);
+  builder.SetMaxReceiveMessageSize(64 << 20);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (!server || bound_port == 0) return absl::UnavailableError("cannot listen on " + addr);
+
+  MetricsHttpServer metrics_http(&metrics);
+  int metrics_port = -1;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    ASSIGN_OR_RETURN(metrics_port,
+                     metrics_http.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port)));
+  }
+  engine.Start();
+  KVC_LOG(INFO) << "kvc-worker serving " << name << " (" << cfg.architecture << ", "
+                << engine.executor().backend() << ", " << num_blocks << " blocks of "
+                << block_size << ") on " << absl::GetFlag(FLAGS_host) << ":" << bound_port;
+  if (!absl::GetFlag(FLAGS_ready_file).empty()) {
+    RETURN_IF_ERROR(WriteReadyFile(absl::GetFlag(FLAGS_ready_file),
+                                   {{"grpc_port", std::to_string(bound_port)},
+                                    {"metrics_port", std::to_string(metrics_port)},
+                                    {"pid", std::to_string(getpid())}}));
+  }
+  int sig = WaitForShutdownSignal();
+  KVC_LOG(INFO) << "signal " << sig << ": shutting down";
+  server->GetHealthCheckService()->Shutdown();
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  engine.Stop();
+  metrics_http.Stop();
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace kvc
+
+int main(int argc, char** argv) {
+  kvc::BlockShutdownSignals();
+  absl::SetProgramUsageMessage("kvc-worker --model_dir DIR [--port N] [--metrics_port N]");
+  absl::ParseCommandLine(argc, argv);
+  absl::Status st = kvc::Run();
+  if (!st.ok()) {
+    KVC_LOG(ERROR) << "kvc-worker: " << st;
+    return 1;
+  }
+  return 0;
+}
