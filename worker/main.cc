@@ -5,7 +5,6 @@
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
-#include <filesystem>
 #include <memory>
 #include <string>
 
@@ -61,13 +60,11 @@ absl::Status Run() {
     ASSIGN_OR_RETURN(auto w, ModelWeights::Random(cfg, /*seed=*/1234));
     weights = std::make_shared<const ModelWeights>(std::move(w));
   } else {
-    ASSIGN_OR_RETURN(auto w, LoadModel(model_dir));
-    weights = std::make_shared<const ModelWeights>(std::move(w));
+    ASSIGN_OR_RETURN(weights, LoadModel(model_dir));
   }
-  const ModelConfig& cfg = weights->config();
+  const ModelConfig& cfg = weights->config;
   std::string name = absl::GetFlag(FLAGS_served_model_name);
-  if (name.empty()) name = std::filesystem::path(model_dir).lexically_normal().filename().string();
-  if (name.empty()) name = std::filesystem::path(model_dir).parent_path().filename().string();
+  if (name.empty()) name = cfg.name;
 
   const std::string backend = absl::GetFlag(FLAGS_backend);
   if (backend != "auto" && backend != "cpu" && backend != "cuda") {
