@@ -1,0 +1,6 @@
+# kvc_cpu_executor: the fp32 CPU backend of Executor (reference implementation).
+kvc_cc_library(
+  NAME kvc_cpu_executor
+  SRCS cpu_executor.cc
+  HDRS cpu_executor.h executor.h
+  DEPS kvc_common kvc_model kvc_kernels_cpu absl::status absl::statusor absl::strings)
