@@ -191,6 +191,102 @@ int64_t KvManager::num_free_blocks() const {
   return pool_.num_free();
 }
 
+absl::StatusOr<int64_t> KvManager::EvictBlocksForBudget(int64_t seq_id,
+                                                        const CompressionSettings& settings) const {
+  absl::ReaderMutexLock lock(&mu_);
+  const Sequence* seq = FindLocked(seq_id);
+  if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", seq_id));
+  return kvc::EvictBlocksForBudget(settings, layout_, seq->tokens, seq->blocks, seq->kvs_held);
+}
+
+absl::StatusOr<EvictionPlan> KvManager::PlanEviction(int64_t seq_id, const KvSlotReader& reader,
+                                                     int64_t evict_blocks,
+                                                     const EvictionConstraints& constraints,
+                                                     EvictionPlanner* planner) const {
+  absl::ReaderMutexLock lock(&mu_);
+  const Sequence* seq = FindLocked(seq_id);
+  if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", seq_id));
+  return planner->Plan(layout_, seq->tables, reader, seq->tokens, evict_blocks, constraints);
+}
+
+absl::Status KvManager::ApplyEviction(int64_t seq_id, const EvictionPlan& plan,
+                                      CompressionTrigger trigger, std::vector<KvMove>* moves) {
+  absl::MutexLock lock(&mu_);
+  Sequence* seq = FindLocked(seq_id);
+  if (seq == nullptr) return absl::NotFoundError(absl::StrCat("unknown sequence ", seq_id));
+  const int32_t b = layout_.block_size;
+
+  // Validate everything before touching anything.
+  int32_t previous = -1;
+  int64_t blocks_freed = 0;
+  int64_t kvs_evicted = 0;
+  for (const HeadEviction& ev : plan.heads) {
+    if (ev.head_index <= previous || ev.head_index >= layout_.heads_per_seq()) {
+      return absl::InvalidArgumentError(absl::StrCat("plan head indices must be ascending and < ",
+                                                     layout_.heads_per_seq(), ", got ",
+                                                     ev.head_index, " after ", previous));
+    }
+    previous = ev.head_index;
+    const HeadBlockTable& head = seq->tables.heads[ev.head_index];
+    const int64_t nb = static_cast<int64_t>(head.blocks.size());
+    if (ev.num_kvs_before != head.num_kvs) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("stale plan: head index ", ev.head_index, " of sequence ", seq_id, " holds ",
+                       head.num_kvs, " KVs, the plan was made for ", ev.num_kvs_before));
+    }
+    if (ev.blocks_freed < 1 || ev.blocks_freed > nb) {
+      return absl::InvalidArgumentError(absl::StrCat("plan frees ", ev.blocks_freed,
+                                                     " blocks of head index ", ev.head_index,
+                                                     " which has ", nb));
+    }
+    const int32_t r = (head.num_kvs - 1) % b + 1;
+    if (ev.kvs_evicted != (ev.blocks_freed - 1) * b + r) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "plan evicts ", ev.kvs_evicted, " KVs from head index ", ev.head_index, " to free ",
+          ev.blocks_freed, " blocks; must be ", (ev.blocks_freed - 1) * b + r));
+    }
+    if (!ev.evicted_slots.empty() &&
+        static_cast<int64_t>(ev.evicted_slots.size()) != ev.kvs_evicted) {
+      return absl::InvalidArgumentError(absl::StrCat("plan lists ", ev.evicted_slots.size(),
+                                                     " evicted slots for head index ",
+                                                     ev.head_index, ", expected ", ev.kvs_evicted));
+    }
+    if (static_cast<int64_t>(ev.freed_blocks.size()) != ev.blocks_freed ||
+        !std::equal(ev.freed_blocks.begin(), ev.freed_blocks.end(),
+                    head.blocks.end() - ev.blocks_freed)) {
+      return absl::FailedPreconditionError(absl::StrCat("stale plan: freed blocks of head index ",
+                                                        ev.head_index, " of sequence ", seq_id,
+                                                        " are not the tail of its block list"));
+    }
+    blocks_freed += ev.blocks_freed;
+    kvs_evicted += ev.kvs_evicted;
+  }
+
+  int64_t moved = 0;
+  for (const HeadEviction& ev : plan.heads) {
+    HeadBlockTable& head = seq->tables.heads[ev.head_index];
+    pool_.Free(ev.freed_blocks);
+    head.blocks.resize(head.blocks.size() - ev.blocks_freed);
+    head.num_kvs -= ev.kvs_evicted;
+    head_kvs_[ev.head_index] -= ev.kvs_evicted;
+    layer_blocks_[ev.head_index / layout_.num_kv_heads] -= ev.blocks_freed;
+    moved += static_cast<int64_t>(ev.moves.size());
+    if (moves != nullptr) moves->insert(moves->end(), ev.moves.begin(), ev.moves.end());
+  }
+  seq->blocks -= blocks_freed;
+  seq->kvs_held -= kvs_evicted;
+  seq->evicted_kvs += kvs_evicted;
+  kvs_held_ -= kvs_evicted;
+  evicted_kvs_total_ += kvs_evicted;
+  compactions_total_ += static_cast<int64_t>(plan.heads.size());
+  moved_kvs_total_ += moved;
+  if (blocks_freed > 0) {
+    ++seq->compressions;
+    ++compressions_by_trigger_[std::string(CompressionTriggerName(trigger))];
+  }
+  return absl::OkStatus();
+}
+
 void KvManager::RecordPreemption() {
   absl::MutexLock lock(&mu_);
   ++preemptions_total_;

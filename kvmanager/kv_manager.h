@@ -25,6 +25,8 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "kvmanager/block_pool.h"
+#include "kvmanager/compression_budget.h"
+#include "kvmanager/eviction_plan.h"
 #include "kvmanager/kv_layout.h"
 #include "kvmanager/kv_stats.h"
 
@@ -100,6 +102,31 @@ class KvManager {
 
   int64_t num_free_blocks() const;
   int64_t num_total_blocks() const { return layout_.num_blocks; }
+
+  // --- Compression (plan, then apply; docs/design/eviction.md) ---
+
+  // Blocks the sequence must free now to meet `settings` (compression_budget.h), from its
+  // current tokens, blocks and KVs. NOT_FOUND if unknown.
+  absl::StatusOr<int64_t> EvictBlocksForBudget(int64_t seq_id,
+                                               const CompressionSettings& settings) const;
+
+  // Plans the eviction of up to `evict_blocks` blocks from the sequence with `planner` (which
+  // keeps its scratch between calls), reading scores and positions through `reader`. Pure: the
+  // manager does not change. NOT_FOUND if unknown; planner errors otherwise.
+  absl::StatusOr<EvictionPlan> PlanEviction(int64_t seq_id, const KvSlotReader& reader,
+                                            int64_t evict_blocks,
+                                            const EvictionConstraints& constraints,
+                                            EvictionPlanner* planner) const;
+
+  // Applies a plan made for the sequence's CURRENT tables: truncates each listed head's block
+  // list by k, returns those blocks to the pool, lowers num_kvs by (k-1)·b + r, and counts the
+  // evicted KVs, compactions (one per head), moved KVs and one compression under `trigger` (when
+  // the plan frees anything). Appends the plan's moves to *moves (may be null) for the executor,
+  // which must run them before the freed blocks are reused (the same engine step).
+  // All-or-nothing: NOT_FOUND (unknown sequence), FAILED_PRECONDITION (the plan does not match
+  // the current tables: stale or for another sequence), INVALID_ARGUMENT (malformed plan).
+  absl::Status ApplyEviction(int64_t seq_id, const EvictionPlan& plan, CompressionTrigger trigger,
+                             std::vector<KvMove>* moves);
 
   // Counts one preemption (the engine calls it when it preempts a sequence; it frees the
   // sequence's blocks with FreeSequence separately).

@@ -60,32 +60,32 @@ void ExportKvMetrics(const KvManager* kv, MetricsRegistry* r, bool per_head) {
   auto& ratio = r->AddGauge("kvc_kv_compression_ratio",
                             "kvs_uncompressed / kvs_held over running sequences (1 if none).")
                     .Get();
-  auto& phys = r->AddGauge("kvc_kv_physical_free_tokens",
-                           "Tokens that fit uncompressed in the free blocks.").Get();
+  auto& phys =
+      r->AddGauge("kvc_kv_physical_free_tokens", "Tokens that fit uncompressed in the free blocks.")
+          .Get();
   auto& eff = r->AddGauge("kvc_kv_effective_capacity_tokens",
                           "Tokens of an average request that still fit, at the current "
                           "compression ratio (physical free tokens x ratio).")
                   .Get();
   auto& seqs = r->AddGauge("kvc_kv_sequences", "Sequences holding KV blocks.").Get();
-  auto& evicted = r->AddCounter("kvc_kv_evicted_kvs_total",
-                              "KVs evicted by compression since start.").Get();
-  auto& compactions = r->AddCounter("kvc_kv_compactions_total",
-                                  "Head block lists compacted since start.").Get();
-  auto& moved = r->AddCounter("kvc_kv_moved_kvs_total",
-                            "KVs moved into holes by compaction since start.").Get();
+  auto& evicted =
+      r->AddCounter("kvc_kv_evicted_kvs_total", "KVs evicted by compression since start.").Get();
+  auto& compactions =
+      r->AddCounter("kvc_kv_compactions_total", "Head block lists compacted since start.").Get();
+  auto& moved =
+      r->AddCounter("kvc_kv_moved_kvs_total", "KVs moved into holes by compaction since start.")
+          .Get();
   auto& compressions = r->AddCounter("kvc_kv_compressions_total",
-                                   "Compressions that freed blocks, by trigger.",
-                                   {"trigger"});
-  auto& preempt = r->AddCounter("kvc_kv_preemptions_total",
-                              "Sequences preempted by recompute.").Get();
+                                     "Compressions that freed blocks, by trigger.", {"trigger"});
+  auto& preempt =
+      r->AddCounter("kvc_kv_preemptions_total", "Sequences preempted by recompute.").Get();
   auto& layer_kvs = r->AddGauge("kvc_kv_layer_kvs", "KVs held per layer.", {"layer"});
   Family<Gauge>* head_kvs =
-      per_head ? &r->AddGauge("kvc_kv_head_kvs", "KVs held per (layer, kv head).",
-                              {"layer", "head"})
-               : nullptr;
-  r->AddCollector([=, &blocks_total, &blocks_free, &held, &uncompressed, &ratio, &phys, &eff,
-                   &seqs, &evicted, &compactions, &moved, &compressions, &preempt,
-                   &layer_kvs]() {
+      per_head
+          ? &r->AddGauge("kvc_kv_head_kvs", "KVs held per (layer, kv head).", {"layer", "head"})
+          : nullptr;
+  r->AddCollector([=, &blocks_total, &blocks_free, &held, &uncompressed, &ratio, &phys, &eff, &seqs,
+                   &evicted, &compactions, &moved, &compressions, &preempt, &layer_kvs]() {
     KvStats s = kv->Stats(per_head);
     blocks_total.Set(static_cast<double>(s.capacity.total_blocks));
     blocks_free.Set(static_cast<double>(s.capacity.free_blocks));
