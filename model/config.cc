@@ -27,8 +27,7 @@ class FieldReader {
   bool Has(const char* key) const { return obj_.contains(key) && !obj_.at(key).is_null(); }
 
   absl::Status Error(const char* key, absl::string_view what) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat(source_, ": field '", prefix_, key, "' ", what));
+    return absl::InvalidArgumentError(absl::StrCat(source_, ": field '", prefix_, key, "' ", what));
   }
 
   absl::StatusOr<int64_t> Int(const char* key) const {
@@ -94,8 +93,8 @@ class FieldReader {
 absl::StatusOr<ModelFamily> ParseFamily(const Json& j, absl::string_view source,
                                         std::string* architecture) {
   std::string arch;
-  if (j.contains("architectures") && j["architectures"].is_array() &&
-      !j["architectures"].empty() && j["architectures"][0].is_string()) {
+  if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
+      j["architectures"][0].is_string()) {
     arch = j["architectures"][0].get<std::string>();
   }
   std::string model_type;
@@ -119,14 +118,15 @@ absl::StatusOr<ModelFamily> ParseFamily(const Json& j, absl::string_view source,
     }
   }
   if (arch.empty() && model_type.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        source, ": field 'architectures' (or 'model_type') is missing (required); supported: "
-                "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(source,
+                     ": field 'architectures' (or 'model_type') is missing (required); supported: "
+                     "LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM"));
   }
-  return absl::InvalidArgumentError(absl::StrCat(
-      source, ": unsupported architecture '", arch.empty() ? model_type : arch,
-      "' (field 'architectures'); supported: LlamaForCausalLM, MistralForCausalLM, "
-      "Qwen2ForCausalLM"));
+  return absl::InvalidArgumentError(
+      absl::StrCat(source, ": unsupported architecture '", arch.empty() ? model_type : arch,
+                   "' (field 'architectures'); supported: LlamaForCausalLM, MistralForCausalLM, "
+                   "Qwen2ForCausalLM"));
 }
 
 // Reads rope_theta and the scaling. `j` is the whole config; the scaling lives either in
@@ -175,8 +175,7 @@ absl::Status ParseRope(const Json& j, absl::string_view source, ModelConfig* c) 
   ASSIGN_OR_RETURN(s.low_freq_factor, r.Double("low_freq_factor"));
   ASSIGN_OR_RETURN(s.high_freq_factor, r.Double("high_freq_factor"));
   if (r.Has("original_max_position_embeddings")) {
-    ASSIGN_OR_RETURN(s.original_max_position_embeddings,
-                     r.Int("original_max_position_embeddings"));
+    ASSIGN_OR_RETURN(s.original_max_position_embeddings, r.Int("original_max_position_embeddings"));
   } else {
     ASSIGN_OR_RETURN(s.original_max_position_embeddings,
                      top.Int("original_max_position_embeddings"));
@@ -221,8 +220,8 @@ absl::StatusOr<ModelConfig> Parse(const Json& j, absl::string_view source) {
   ASSIGN_OR_RETURN(c.num_attention_heads, r.Int32("num_attention_heads"));
   ASSIGN_OR_RETURN(c.num_key_value_heads, r.Int32("num_key_value_heads", c.num_attention_heads));
   if (c.num_attention_heads <= 0) {
-    return r.Error("num_attention_heads", absl::StrCat("must be positive, got ",
-                                                       c.num_attention_heads));
+    return r.Error("num_attention_heads",
+                   absl::StrCat("must be positive, got ", c.num_attention_heads));
   }
   ASSIGN_OR_RETURN(c.head_dim, r.Int32("head_dim", c.hidden_size / c.num_attention_heads));
   ASSIGN_OR_RETURN(c.max_position_embeddings, r.Int("max_position_embeddings"));
@@ -306,11 +305,13 @@ absl::Status ModelConfig::Validate() const {
     const char* name;
     int64_t value;
   };
-  for (const Positive& p : {Positive{"vocab_size", vocab_size}, {"hidden_size", hidden_size},
+  for (const Positive& p : {Positive{"vocab_size", vocab_size},
+                            {"hidden_size", hidden_size},
                             {"intermediate_size", intermediate_size},
                             {"num_hidden_layers", num_hidden_layers},
                             {"num_attention_heads", num_attention_heads},
-                            {"num_key_value_heads", num_key_value_heads}, {"head_dim", head_dim},
+                            {"num_key_value_heads", num_key_value_heads},
+                            {"head_dim", head_dim},
                             {"max_position_embeddings", max_position_embeddings}}) {
     if (p.value <= 0) return bad(p.name, absl::StrCat("must be positive, got ", p.value));
   }
@@ -332,9 +333,10 @@ absl::Status ModelConfig::Validate() const {
     }
     if (!(rope_scaling.low_freq_factor > 0.0) ||
         !(rope_scaling.high_freq_factor > rope_scaling.low_freq_factor)) {
-      return bad("rope_scaling.high_freq_factor",
-                 absl::StrCat("must exceed low_freq_factor > 0, got ", rope_scaling.high_freq_factor,
-                              " and ", rope_scaling.low_freq_factor));
+      return bad(
+          "rope_scaling.high_freq_factor",
+          absl::StrCat("must exceed low_freq_factor > 0, got ", rope_scaling.high_freq_factor,
+                       " and ", rope_scaling.low_freq_factor));
     }
     if (rope_scaling.original_max_position_embeddings <= 0) {
       return bad("rope_scaling.original_max_position_embeddings", "must be positive");
@@ -342,8 +344,8 @@ absl::Status ModelConfig::Validate() const {
   }
   for (int32_t id : eos_token_ids) {
     if (id < 0 || id >= vocab_size) {
-      return bad("eos_token_id", absl::StrCat(id, " is outside the vocabulary [0, ", vocab_size,
-                                              ")"));
+      return bad("eos_token_id",
+                 absl::StrCat(id, " is outside the vocabulary [0, ", vocab_size, ")"));
     }
   }
   if (bos_token_id >= vocab_size) {
@@ -355,7 +357,7 @@ absl::Status ModelConfig::Validate() const {
 
 int64_t ModelConfig::NumParameters() const {
   const int64_t h = hidden_size;
-  int64_t per_layer = 2 * h;                                      // two norms
+  int64_t per_layer = 2 * h;                                     // two norms
   per_layer += h * q_size() + 2 * h * kv_size() + q_size() * h;  // q, k, v, o
   if (qkv_bias()) per_layer += q_size() + 2 * kv_size();
   if (o_proj_bias()) per_layer += h;

@@ -58,9 +58,9 @@ struct ModelConfig {
   // As written in config.json (Llama/Mistral: bias on q, k, v and o). Qwen2 ignores the field:
   // q/k/v always have a bias and o_proj never has. Use qkv_bias() / o_proj_bias().
   bool attention_bias = false;
-  bool mlp_bias = false;  // bias on gate, up and down (Llama only)
-  int32_t bos_token_id = -1;           // -1: none
-  std::vector<int32_t> eos_token_ids;  // config.json's eos_token_id (int or list); may be empty
+  bool mlp_bias = false;                // bias on gate, up and down (Llama only)
+  int32_t bos_token_id = -1;            // -1: none
+  std::vector<int32_t> eos_token_ids;   // config.json's eos_token_id (int or list); may be empty
   std::string torch_dtype = "float32";  // `torch_dtype` or `dtype`: the checkpoint's dtype
   std::string hidden_act = "silu";
   // Sliding-window attention size (0 = none). Stored for the engine to refuse or warn: the

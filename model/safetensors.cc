@@ -32,8 +32,7 @@ absl::Status FileError(absl::string_view path, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat("safetensors file '", path, "': ", what));
 }
 
-absl::Status TensorError(absl::string_view path, absl::string_view tensor,
-                         absl::string_view what) {
+absl::Status TensorError(absl::string_view path, absl::string_view tensor, absl::string_view what) {
   return absl::InvalidArgumentError(
       absl::StrCat("safetensors file '", path, "', tensor '", tensor, "': ", what));
 }
@@ -62,8 +61,8 @@ absl::StatusOr<DType> ParseDType(std::string_view name) {
   if (name == "BF16") return DType::kBF16;
   if (name == "I32") return DType::kI32;
   if (name == "I64") return DType::kI64;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unsupported dtype '", std::string(name), "' (supported: F32, F16, BF16, I32, I64)"));
+  return absl::InvalidArgumentError(absl::StrCat("unsupported dtype '", std::string(name),
+                                                 "' (supported: F32, F16, BF16, I32, I64)"));
 }
 
 size_t DTypeSize(DType dtype) {
@@ -126,9 +125,9 @@ uint16_t FloatToF16(float f) {
   std::memcpy(&bits, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;     // NaN
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;    // overflow (incl. inf) -> inf
-  if (abs < 0x38800000u) {  // below the smallest f16 normal: f16 subnormal or zero
+  if (abs > 0x7f800000u) return sign | 0x7e00u;   // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;  // overflow (incl. inf) -> inf
+  if (abs < 0x38800000u) {               // below the smallest f16 normal: f16 subnormal or zero
     if (abs < 0x33000000u) return sign;  // at most half the smallest subnormal: rounds to 0
     // value / 2^-24 = mant * 2^(exp - 126), with shift = 126 - exp in [14, 24].
     const uint32_t exp = abs >> 23;
@@ -151,13 +150,15 @@ int64_t TensorView::numel() const {
   return n;
 }
 
-std::string TensorView::ShapeString() const { return absl::StrCat("[", absl::StrJoin(shape, ", "), "]"); }
+std::string TensorView::ShapeString() const {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
 
 absl::Status CopyToFloat32(const TensorView& t, std::span<float> out) {
   const int64_t n = t.numel();
   if (static_cast<int64_t>(out.size()) != n) {
-    return absl::InvalidArgumentError(absl::StrCat("tensor '", t.name, "' has ", n,
-                                                   " elements, destination holds ", out.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor '", t.name, "' has ", n, " elements, destination holds ", out.size()));
   }
   switch (t.dtype) {
     case DType::kF32:
@@ -230,7 +231,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   const uint64_t size = static_cast<uint64_t>(st.st_size);
   if (size < 8) {
     ::close(fd);
-    return FileError(path, absl::StrCat("truncated: ", size, " bytes, the 8-byte header length "
+    return FileError(path, absl::StrCat("truncated: ", size,
+                                        " bytes, the 8-byte header length "
                                         "is missing"));
   }
   void* map = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -247,8 +249,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
   uint64_t header_len;
   std::memcpy(&header_len, base, 8);  // little-endian hosts only (x86-64, aarch64)
   if (header_len > size - 8) {
-    return FileError(path, absl::StrCat("header length ", header_len, " runs past the end of the "
-                                        "file (", size, " bytes): truncated or not safetensors"));
+    return FileError(path, absl::StrCat("header length ", header_len,
+                                        " runs past the end of the "
+                                        "file (",
+                                        size, " bytes): truncated or not safetensors"));
   }
   if (header_len > kMaxHeaderBytes) {
     return FileError(path, absl::StrCat("header length ", header_len, " is too large"));
@@ -278,8 +282,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
         if (!v.is_object()) return FileError(path, "__metadata__ is not an object");
         for (auto m = v.begin(); m != v.end(); ++m) {
           if (!m.value().is_string()) {
-            return FileError(path, absl::StrCat("__metadata__ value of '", m.key(),
-                                                "' is not a string"));
+            return FileError(path,
+                             absl::StrCat("__metadata__ value of '", m.key(), "' is not a string"));
           }
           f->metadata_[m.key()] = m.value().get<std::string>();
         }
@@ -318,10 +322,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
       const uint64_t begin = off[0].get<uint64_t>();
       const uint64_t end = off[1].get<uint64_t>();
       if (begin > end || end > data_size) {
-        return TensorError(path, name,
-                           absl::StrCat("data_offsets [", begin, ", ", end,
-                                        "] out of range: the data area holds ", data_size,
-                                        " bytes (file truncated?)"));
+        return TensorError(
+            path, name,
+            absl::StrCat("data_offsets [", begin, ", ", end, "] out of range: the data area holds ",
+                         data_size, " bytes (file truncated?)"));
       }
       const uint64_t want = numel * DTypeSize(t.dtype);
       if (end - begin != want) {
@@ -373,9 +377,8 @@ absl::Status SafetensorsCheckpoint::AddFile(std::unique_ptr<SafetensorsFile> fil
     const TensorView* t = file->Find(name);
     auto [it, inserted] = index_.emplace(name, t);
     if (!inserted) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' appears in both '",
-                                                     it->second->file, "' and '", file->path(),
-                                                     "'"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", name, "' appears in both '", it->second->file, "' and '", file->path(), "'"));
     }
   }
   files_.push_back(std::move(file));
@@ -395,8 +398,8 @@ absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Op
     } else if (fs::exists(single, ec)) {
       target = single.string();
     } else {
-      return absl::NotFoundError(absl::StrCat(
-          "no model.safetensors.index.json or model.safetensors in '", path, "'"));
+      return absl::NotFoundError(
+          absl::StrCat("no model.safetensors.index.json or model.safetensors in '", path, "'"));
     }
   }
   std::unique_ptr<SafetensorsCheckpoint> ckpt(new SafetensorsCheckpoint());
@@ -426,14 +429,13 @@ absl::StatusOr<std::unique_ptr<SafetensorsCheckpoint>> SafetensorsCheckpoint::Op
   std::map<std::string, std::vector<std::string>> by_shard;  // shard -> tensor names
   for (auto it = j["weight_map"].begin(); it != j["weight_map"].end(); ++it) {
     if (!it.value().is_string()) {
-      return absl::InvalidArgumentError(absl::StrCat("'", target, "': weight_map entry '",
-                                                     it.key(), "' is not a file name"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("'", target, "': weight_map entry '", it.key(), "' is not a file name"));
     }
     const std::string shard = it.value().get<std::string>();
     if (shard.empty() || shard.find('/') != std::string::npos || shard == "..") {
-      return absl::InvalidArgumentError(absl::StrCat("'", target, "': weight_map entry '",
-                                                     it.key(), "' names a bad shard '", shard,
-                                                     "'"));
+      return absl::InvalidArgumentError(absl::StrCat("'", target, "': weight_map entry '", it.key(),
+                                                     "' names a bad shard '", shard, "'"));
     }
     by_shard[shard].push_back(it.key());
   }

@@ -26,8 +26,8 @@ absl::Status ReadTensor(const SafetensorsCheckpoint& ckpt, const std::string& na
   }
   if (t->shape != shape) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' in '", t->file,
-                                                   "': expected shape ", ShapeStr(shape),
-                                                   ", got ", t->ShapeString()));
+                                                   "': expected shape ", ShapeStr(shape), ", got ",
+                                                   t->ShapeString()));
   }
   if (t->dtype != DType::kF32 && t->dtype != DType::kF16 && t->dtype != DType::kBF16) {
     return absl::InvalidArgumentError(absl::StrCat("tensor '", name, "' in '", t->file,
@@ -49,7 +49,9 @@ class WeightRng {
     return z ^ (z >> 31);
   }
   // Uniform in (0, 1).
-  double Uniform() { return (static_cast<double>(Next() >> 11) + 0.5) * (1.0 / 9007199254740992.0); }
+  double Uniform() {
+    return (static_cast<double>(Next() >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+  }
   double Normal() {
     if (has_spare_) {
       has_spare_ = false;
@@ -89,8 +91,8 @@ absl::StatusOr<ModelWeights> ModelWeights::FromCheckpoint(const ModelConfig& con
   const int64_t h = c.hidden_size, q = c.q_size(), kv = c.kv_size(), im = c.intermediate_size;
   ModelWeights w;
   w.config = config;
-  RETURN_IF_ERROR(ReadTensor(ckpt, "model.embed_tokens.weight", {c.vocab_size, h},
-                             &w.embed_tokens));
+  RETURN_IF_ERROR(
+      ReadTensor(ckpt, "model.embed_tokens.weight", {c.vocab_size, h}, &w.embed_tokens));
   RETURN_IF_ERROR(ReadTensor(ckpt, "model.norm.weight", {h}, &w.final_norm));
   if (!c.tie_word_embeddings) {
     RETURN_IF_ERROR(ReadTensor(ckpt, "lm_head.weight", {c.vocab_size, h}, &w.lm_head));

@@ -26,16 +26,16 @@
 namespace kvc {
 
 struct LayerWeights {
-  std::vector<float> input_norm;  // [hidden]
-  std::vector<float> q_proj;      // [heads*head_dim, hidden]
-  std::vector<float> k_proj;      // [kv_heads*head_dim, hidden]
-  std::vector<float> v_proj;      // [kv_heads*head_dim, hidden]
-  std::vector<float> o_proj;      // [hidden, heads*head_dim]
+  std::vector<float> input_norm;                      // [hidden]
+  std::vector<float> q_proj;                          // [heads*head_dim, hidden]
+  std::vector<float> k_proj;                          // [kv_heads*head_dim, hidden]
+  std::vector<float> v_proj;                          // [kv_heads*head_dim, hidden]
+  std::vector<float> o_proj;                          // [hidden, heads*head_dim]
   std::vector<float> q_bias, k_bias, v_bias, o_bias;  // empty when the model has none
-  std::vector<float> post_norm;   // [hidden]
-  std::vector<float> gate_proj;   // [intermediate, hidden]
-  std::vector<float> up_proj;     // [intermediate, hidden]
-  std::vector<float> down_proj;   // [hidden, intermediate]
+  std::vector<float> post_norm;                       // [hidden]
+  std::vector<float> gate_proj;                       // [intermediate, hidden]
+  std::vector<float> up_proj;                         // [intermediate, hidden]
+  std::vector<float> down_proj;                       // [hidden, intermediate]
   std::vector<float> gate_bias, up_bias, down_bias;   // empty unless mlp_bias
 };
 
@@ -43,8 +43,8 @@ struct ModelWeights {
   ModelConfig config;
   std::vector<float> embed_tokens;  // [vocab, hidden]
   std::vector<LayerWeights> layers;
-  std::vector<float> final_norm;    // [hidden]
-  std::vector<float> lm_head;       // [vocab, hidden]; empty when tied
+  std::vector<float> final_norm;  // [hidden]
+  std::vector<float> lm_head;     // [vocab, hidden]; empty when tied
 
   // The LM head matrix [vocab, hidden] (embed_tokens when tied).
   const float* lm_head_data() const {

@@ -43,8 +43,8 @@ absl::StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::Create(
   }
   if (num_blocks > std::numeric_limits<int32_t>::max() ||
       num_blocks > (int64_t{1} << 40) / (static_cast<int64_t>(block_size) * c.head_dim)) {
-    return absl::InvalidArgumentError(absl::StrCat("num_blocks ", num_blocks, " x block_size ",
-                                                   block_size, " is too large"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_blocks ", num_blocks, " x block_size ", block_size, " is too large"));
   }
   KvLayout layout;
   layout.num_layers = c.num_hidden_layers;
@@ -60,9 +60,9 @@ absl::StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::Create(
     e->scores_.assign(slots, 0.0f);
     e->positions_.assign(slots, 0);
   } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "CpuExecutor: cannot allocate the KV pool (", num_blocks, " blocks of ", block_size,
-        " KVs, head_dim ", c.head_dim, ")"));
+    return absl::ResourceExhaustedError(absl::StrCat("CpuExecutor: cannot allocate the KV pool (",
+                                                     num_blocks, " blocks of ", block_size,
+                                                     " KVs, head_dim ", c.head_dim, ")"));
   }
   cpu::RopeFrequencyParams rp;
   rp.head_dim = c.head_dim;
@@ -86,12 +86,12 @@ int64_t CpuExecutor::SlotIndex(int32_t block, int32_t offset) const {
 
 std::span<const float> CpuExecutor::Key(int32_t block, int32_t offset) const {
   return std::span<const float>(k_cache_).subspan(SlotIndex(block, offset) * layout_.head_dim,
-                                                   layout_.head_dim);
+                                                  layout_.head_dim);
 }
 
 std::span<const float> CpuExecutor::Value(int32_t block, int32_t offset) const {
   return std::span<const float>(v_cache_).subspan(SlotIndex(block, offset) * layout_.head_dim,
-                                                   layout_.head_dim);
+                                                  layout_.head_dim);
 }
 
 float CpuExecutor::Score(int32_t block, int32_t offset) const {
@@ -145,8 +145,8 @@ absl::Status CpuExecutor::ValidateBatch(const ForwardBatch& batch) const {
     }
     for (int64_t t = 0; t < n; ++t) {
       if (s.tokens[t] < 0 || s.tokens[t] >= c.vocab_size) {
-        return bad(absl::StrCat("tokens[", t, "] = ", s.tokens[t], " is outside the vocabulary [0, ",
-                                c.vocab_size, ")"));
+        return bad(absl::StrCat("tokens[", t, "] = ", s.tokens[t],
+                                " is outside the vocabulary [0, ", c.vocab_size, ")"));
       }
     }
     if (s.tables == nullptr) return bad("tables is null");

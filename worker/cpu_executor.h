@@ -48,8 +48,7 @@ class CpuExecutor : public Executor {
   // ---- KV storage access (block id, offset in block) ----
   // Copies K, V, score and position of one KV to another slot (compaction). INVALID_ARGUMENT
   // on an out-of-range block or offset; src == dst is a no-op.
-  absl::Status MoveKv(int32_t src_block, int32_t src_offset, int32_t dst_block,
-                      int32_t dst_offset);
+  absl::Status MoveKv(int32_t src_block, int32_t src_offset, int32_t dst_block, int32_t dst_offset);
   // head_dim floats. The slot must be in range (checked).
   std::span<const float> Key(int32_t block, int32_t offset) const;
   std::span<const float> Value(int32_t block, int32_t offset) const;

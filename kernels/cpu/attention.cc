@@ -99,9 +99,8 @@ void PagedAttentionItems(const PagedAttentionParams& p, int64_t begin, int64_t e
     if (p.probs != nullptr && t >= p.probs_first_query) {
       for (int32_t g = 0; g < group; ++g) {
         const int32_t qh = kvh * group + g;
-        float* pr = p.probs +
-                    (static_cast<int64_t>(t - p.probs_first_query) * p.num_q_heads + qh) *
-                        p.probs_stride;
+        float* pr = p.probs + (static_cast<int64_t>(t - p.probs_first_query) * p.num_q_heads + qh) *
+                                  p.probs_stride;
         const float inv = sum[g] > 0.0 ? static_cast<float>(1.0 / sum[g]) : 0.0f;
         const int32_t lim = static_cast<int32_t>(std::min<int64_t>(n, p.probs_stride));
         for (int32_t s = 0; s < lim; ++s) pr[s] = w[g * n + s] * inv;

@@ -30,17 +30,17 @@ struct PagedAttentionParams {
   int32_t block_size = 0;
   float scale = 1.0f;  // usually 1 / sqrt(head_dim)
 
-  const float* q = nullptr;            // query t, head qh at q[t * q_stride + qh * head_dim]
-  int64_t q_stride = 0;                // 0 = num_q_heads * head_dim
+  const float* q = nullptr;              // query t, head qh at q[t * q_stride + qh * head_dim]
+  int64_t q_stride = 0;                  // 0 = num_q_heads * head_dim
   const int32_t* q_positions = nullptr;  // [num_queries]
 
-  const float* k_cache = nullptr;        // [num_blocks, block_size, head_dim]
-  const float* v_cache = nullptr;        // [num_blocks, block_size, head_dim]
-  const int32_t* kv_positions = nullptr;  // [num_blocks, block_size]
+  const float* k_cache = nullptr;                // [num_blocks, block_size, head_dim]
+  const float* v_cache = nullptr;                // [num_blocks, block_size, head_dim]
+  const int32_t* kv_positions = nullptr;         // [num_blocks, block_size]
   const int32_t* const* block_tables = nullptr;  // [num_kv_heads] -> block ids
   const int32_t* num_kvs = nullptr;              // [num_kv_heads]
 
-  float* out = nullptr;   // query t, head qh at out[t * out_stride + qh * head_dim]
+  float* out = nullptr;    // query t, head qh at out[t * out_stride + qh * head_dim]
   int64_t out_stride = 0;  // 0 = num_q_heads * head_dim
 
   // Optional: probabilities of queries t >= probs_first_query, written to

@@ -49,7 +49,7 @@ void RmsNorm(const RmsNormParams& p);
 struct RopeFrequencyParams {
   int32_t head_dim = 0;  // even
   double theta = 10000.0;
-  bool llama3 = false;   // llama3 scaling (Llama 3.1+) with the fields below
+  bool llama3 = false;  // llama3 scaling (Llama 3.1+) with the fields below
   double factor = 8.0;
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
@@ -68,8 +68,8 @@ struct RopeParams {
   int32_t num_heads = 0;
   int32_t head_dim = 0;
   float* x = nullptr;
-  int64_t stride = 0;               // floats between tokens
-  int64_t first_head_offset = 0;    // floats from a token's row start to head 0
+  int64_t stride = 0;                  // floats between tokens
+  int64_t first_head_offset = 0;       // floats from a token's row start to head 0
   const int32_t* positions = nullptr;  // [num_tokens]
   const float* inv_freq = nullptr;     // [head_dim / 2]
 };
@@ -104,9 +104,9 @@ struct SwiGluParams {
   const float* gate = nullptr;
   int64_t gate_stride = 0;  // 0 = dim
   const float* up = nullptr;
-  int64_t up_stride = 0;    // 0 = dim
+  int64_t up_stride = 0;  // 0 = dim
   float* out = nullptr;
-  int64_t out_stride = 0;   // 0 = dim
+  int64_t out_stride = 0;  // 0 = dim
 };
 void SwiGlu(const SwiGluParams& p);
 

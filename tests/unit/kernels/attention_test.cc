@@ -146,9 +146,9 @@ void CheckAgainstReference(const Problem& pr, uint32_t seed, bool with_probs) {
             << "t=" << t << " qh=" << qh << " i=" << i;
       }
       if (with_probs && t >= first_prob) {
-        const float* row = probs.data() +
-                           (static_cast<size_t>(t - first_prob) * pr.num_q_heads + qh) *
-                               p.probs_stride;
+        const float* row =
+            probs.data() +
+            (static_cast<size_t>(t - first_prob) * pr.num_q_heads + qh) * p.probs_stride;
         double total = 0;
         for (int s = 0; s < p.probs_stride; ++s) {
           const double want = s < static_cast<int>(ref_p.size()) ? ref_p[s] : 0.0;
@@ -228,7 +228,8 @@ TEST(PagedAttentionTest, SlotOrderDoesNotChangeTheResult) {
   PagedAttentionParams pa = a.Params(&out_a);
   PagedAttention(pa);
   // Reverse the slots of every head in place (K, V and positions move together).
-  std::vector<float> k(pa.k_cache, pa.k_cache + 40 * 4 * 16), v(pa.v_cache, pa.v_cache + 40 * 4 * 16);
+  std::vector<float> k(pa.k_cache, pa.k_cache + 40 * 4 * 16),
+      v(pa.v_cache, pa.v_cache + 40 * 4 * 16);
   std::vector<int32_t> pos(pa.kv_positions, pa.kv_positions + 40 * 4);
   std::vector<float> k2 = k, v2 = v;
   std::vector<int32_t> pos2 = pos;

@@ -29,8 +29,8 @@ struct MatmulCase {
 
 TEST(MatmulTest, MatchesNaiveForManyShapes) {
   std::mt19937 rng(1);
-  const MatmulCase cases[] = {{1, 1, 1},   {1, 8, 3},     {2, 7, 5},    {3, 9, 2},
-                              {4, 16, 4},  {5, 17, 7},    {7, 64, 33},  {9, 100, 130},
+  const MatmulCase cases[] = {{1, 1, 1},    {1, 8, 3},     {2, 7, 5},    {3, 9, 2},
+                              {4, 16, 4},   {5, 17, 7},    {7, 64, 33},  {9, 100, 130},
                               {64, 64, 64}, {65, 72, 129}, {130, 33, 70}};
   for (const MatmulCase& c : cases) {
     for (int variant = 0; variant < 3; ++variant) {
@@ -208,9 +208,12 @@ TEST(RopeTest, InvFreqPlainAndLlama3) {
   for (int i = 0; i < 32; ++i) {
     EXPECT_NEAR(scaled[i], ref[i], 1e-6 * ref[i]) << i;
     const double r = ref[i] / (1.0 / std::pow(500000.0, 2.0 * i / 64));
-    if (std::fabs(r - 1) < 1e-9) ++kept;
-    else if (std::fabs(r - 1.0 / 8) < 1e-9) ++divided;
-    else ++smoothed;
+    if (std::fabs(r - 1) < 1e-9)
+      ++kept;
+    else if (std::fabs(r - 1.0 / 8) < 1e-9)
+      ++divided;
+    else
+      ++smoothed;
   }
   // All three bands occur with these parameters.
   EXPECT_GT(kept, 0);
@@ -255,7 +258,8 @@ TEST(RopeTest, RotatesHalvesByPosition) {
         ASSERT_NEAR(x[base + i + dim / 2], b * std::cos(angle) + a * std::sin(angle), tol);
       }
     }
-    for (int64_t i = 5 + heads * dim; i < stride; ++i) ASSERT_EQ(x[t * stride + i], x0[t * stride + i]);
+    for (int64_t i = 5 + heads * dim; i < stride; ++i)
+      ASSERT_EQ(x[t * stride + i], x0[t * stride + i]);
   }
   // Position 0 is the identity; rotation preserves each pair's norm.
   for (int i = 0; i < heads * dim; ++i) EXPECT_FLOAT_EQ(x[5 + i], x0[5 + i]);
@@ -301,7 +305,8 @@ TEST(EmbeddingTest, GathersRows) {
   p.out_stride = hidden + 2;
   Embedding(p);
   for (size_t t = 0; t < ids.size(); ++t) {
-    for (int i = 0; i < hidden; ++i) ASSERT_EQ(out[t * (hidden + 2) + i], table[ids[t] * hidden + i]);
+    for (int i = 0; i < hidden; ++i)
+      ASSERT_EQ(out[t * (hidden + 2) + i], table[ids[t] * hidden + i]);
     ASSERT_EQ(out[t * (hidden + 2) + hidden], -1.0f);
   }
 }

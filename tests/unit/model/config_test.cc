@@ -99,8 +99,8 @@ TEST(ModelConfigTest, ParsesQwen2InTransformers5Dialect) {
   EXPECT_DOUBLE_EQ(c->rope_theta, 1e6);
   EXPECT_EQ(c->rope_scaling.type, RopeScaling::Type::kNone);
   EXPECT_TRUE(c->tie_word_embeddings);
-  EXPECT_TRUE(c->qkv_bias());      // Qwen2: always, attention_bias is not even written
-  EXPECT_FALSE(c->o_proj_bias());  // never on o_proj
+  EXPECT_TRUE(c->qkv_bias());       // Qwen2: always, attention_bias is not even written
+  EXPECT_FALSE(c->o_proj_bias());   // never on o_proj
   EXPECT_EQ(c->sliding_window, 0);  // use_sliding_window false
   EXPECT_EQ(c->torch_dtype, "bfloat16");
   // Qwen2-0.5B: 494M parameters (tied).
@@ -203,8 +203,8 @@ TEST(ModelConfigTest, FromJsonFileNamesModelAfterDirectory) {
 
 TEST(ModelConfigTest, ParsesEveryFixture) {
   for (const char* name : {"llama_gqa_llama3", "qwen2_qkv_bias", "llama_tied"}) {
-    auto c = ModelConfig::FromJsonFile(std::string("tests/fixtures/models/") + name +
-                                       "/config.json");
+    auto c =
+        ModelConfig::FromJsonFile(std::string("tests/fixtures/models/") + name + "/config.json");
     ASSERT_TRUE(c.ok()) << c.status();
     EXPECT_EQ(c->name, name);
   }

@@ -125,7 +125,7 @@ TEST_F(SafetensorsTest, RoundTripAllDtypes) {
   auto vh = ToFloat32(*(*file)->Find("w.f16"));
   ASSERT_TRUE(vh.ok());
   for (size_t i = 0; i < f32.size(); ++i) {
-    EXPECT_NEAR((*vb)[i], f32[i], std::fabs(f32[i]) * (1.0f / 256)) << i;   // 8-bit mantissa
+    EXPECT_NEAR((*vb)[i], f32[i], std::fabs(f32[i]) * (1.0f / 256)) << i;  // 8-bit mantissa
     EXPECT_NEAR((*vh)[i], f32[i], std::fabs(f32[i]) * (1.0f / 2048) + 1e-7f) << i;  // 11-bit
   }
   auto a = ToInt32(*(*file)->Find("ids32"));
@@ -149,7 +149,7 @@ TEST_F(SafetensorsTest, HalfConversionsAreExactOnRepresentableValues) {
   for (float x : {0.0f, 1.0f, -3.0f, 0x1p100f, 0.15625f}) EXPECT_EQ(Bf16ToFloat(FloatToBf16(x)), x);
   EXPECT_TRUE(std::isinf(F16ToFloat(FloatToF16(1e6f))));
   EXPECT_TRUE(std::isnan(F16ToFloat(FloatToF16(std::nanf("")))));
-  EXPECT_EQ(FloatToF16(1e-9f), 0);                         // underflows to zero
+  EXPECT_EQ(FloatToF16(1e-9f), 0);                               // underflows to zero
   EXPECT_EQ(FloatToBf16(1.0f + 1.0f / 256), FloatToBf16(1.0f));  // ties to even
 }
 
