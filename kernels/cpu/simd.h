@@ -11,7 +11,9 @@
 #include <cstdint>
 #include <cstring>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+// Not under ThreadSanitizer: its runtime is not up when ifunc resolvers run (they crash).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(__SANITIZE_THREAD__)
 #define KVC_CPU_MULTIVERSION __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define KVC_CPU_MULTIVERSION
