@@ -54,16 +54,14 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromJson(std::string_view 
     if (!root.is_object()) {
       return absl::InvalidArgumentError(Cat(context, ": expected a JSON object"));
     }
-    RETURN_IF_ERROR(Annotate(tokenizer->Build(&root), context));
+    RETURN_IF_ERROR(Annotate(tokenizer->Build(root), context));
   } catch (const Json::exception& e) {
     return absl::InvalidArgumentError(Cat(context, ": ", e.what()));
   }
   return tokenizer;
 }
 
-absl::Status Tokenizer::Build(const void* root_json) {
-  const Json& root = *static_cast<const Json*>(root_json);
-
+absl::Status Tokenizer::Build(const Json& root) {
   // Model.
   const Json* model = FindField(root, "model");
   if (model == nullptr) return FieldError("model", "missing");

@@ -29,6 +29,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/statusor.h"
+#include "nlohmann/json_fwd.hpp"
 
 namespace kvc {
 
@@ -86,7 +87,7 @@ class Tokenizer {
  private:
   friend class StreamDecoder;
   Tokenizer();
-  absl::Status Build(const void* root_json);
+  absl::Status Build(const nlohmann::json& root);
   // The string the decoder sees for `id`, or nullptr when the id is skipped.
   const std::string* DecodeToken(int32_t id, bool skip_special_tokens) const;
 

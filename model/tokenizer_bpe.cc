@@ -207,7 +207,8 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* ids) const
   heap.clear();
 
   // Initial symbols: one per character (HF `merge_word`).
-  std::optional<std::pair<int32_t, uint32_t>> unk;  // pending unknown: (id, byte length)
+  bool has_unk = false;  // a pending unknown: (unk_id, unk_len bytes)
+  uint32_t unk_len = 0;
   size_t pos = 0;
   while (pos < word.size()) {
     const size_t len =
@@ -218,8 +219,9 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* ids) const
     if ((!is_first && continuing_subword_prefix_.has_value()) ||
         (is_last && end_of_word_suffix_.has_value())) {
       scratch.clear();
-      if (!is_first && continuing_subword_prefix_.has_value())
+      if (!is_first && continuing_subword_prefix_.has_value()) {
         scratch += *continuing_subword_prefix_;
+      }
       scratch += piece;
       if (is_last && end_of_word_suffix_.has_value()) scratch += *end_of_word_suffix_;
       piece = scratch;
@@ -227,9 +229,9 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* ids) const
     pos += len;
     auto it = vocab_.find(ToAbsl(piece));
     if (it != vocab_.end()) {
-      if (unk.has_value()) {
-        AddSymbol(unk->first, unk->second, &symbols);
-        unk.reset();
+      if (has_unk) {
+        AddSymbol(*unk_id_, unk_len, &symbols);
+        has_unk = false;
       }
       AddSymbol(it->second, static_cast<uint32_t>(len), &symbols);
       continue;
@@ -244,16 +246,17 @@ void BpeModel::MergeWord(std::string_view word, std::vector<int32_t>* ids) const
       }
     }
     if (unk_id_.has_value()) {
-      if (unk.has_value() && fuse_unk_) {
-        unk->second += static_cast<uint32_t>(len);
+      if (has_unk && fuse_unk_) {
+        unk_len += static_cast<uint32_t>(len);
       } else {
-        if (unk.has_value()) AddSymbol(unk->first, unk->second, &symbols);
-        unk = std::make_pair(*unk_id_, static_cast<uint32_t>(len));
+        if (has_unk) AddSymbol(*unk_id_, unk_len, &symbols);
+        has_unk = true;
+        unk_len = static_cast<uint32_t>(len);
       }
     }
     // Without an unk token, HF drops the character.
   }
-  if (unk.has_value()) AddSymbol(unk->first, unk->second, &symbols);
+  if (has_unk) AddSymbol(*unk_id_, unk_len, &symbols);
 
   // Merges (HF `Word::merge_all`).
   const QueuedMergeLess less;

@@ -4,7 +4,9 @@
 // HF (tests/fixtures/tokenizers/trained/). The expected ids and texts were written by
 // scripts/gpu/make_tokenizer_golden.py; every string of strings.jsonl must encode to exactly
 // HF's ids and decode to exactly HF's text, and streaming decode must equal Decode.
+#include <chrono>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <sstream>
 #include <string>
@@ -222,6 +224,103 @@ TEST(RealTokenizerRoundTrip, Llama3IsLossless) {
     ++n;
   }
   EXPECT_GE(n, 400);
+}
+
+// The long text of the HF speed measurement (hf_perf.json): the golden strings joined with "\n",
+// repeated 20 times (Python's "\n".join(texts) * 20).
+std::string LongText() {
+  std::string joined;
+  bool first = true;
+  for (const Json& r : ReadJsonl(std::string(kFixtures) + "strings.jsonl")) {
+    if (!first) joined += "\n";
+    first = false;
+    joined += r["text"].get<std::string>();
+  }
+  std::string text;
+  for (int i = 0; i < 20; ++i) text += joined;
+  return text;
+}
+
+// Encodes a ~340 KB text (130k-160k tokens) with each real tokenizer: the ids must have HF's
+// count, and the speed must be far from quadratic. Prints tokens/s (cold cache, then warm).
+TEST(TokenizerSpeed, LongTextMatchesHfCountAndIsFast) {
+  const Json hf = Json::parse(ReadFile(std::string(kFixtures) + "hf_perf.json"));
+  const std::string text = LongText();
+  for (const std::string name : {"llama3", "llama2", "qwen3"}) {
+    auto tok = LoadTokenizer(name);
+    ASSERT_NE(tok, nullptr);
+    ASSERT_EQ(text.size(), hf[name]["bytes"].get<size_t>());
+    for (const char* pass : {"cold", "warm"}) {
+      const auto start = std::chrono::steady_clock::now();
+      auto ids = tok->Encode(text, false);
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      ASSERT_TRUE(ids.ok());
+      EXPECT_EQ(ids->size(), hf[name]["tokens"].get<size_t>()) << name;
+      const double rate = ids->size() / seconds;
+      std::cout << "[speed] " << name << " " << pass << ": " << ids->size() << " tokens in "
+                << seconds << " s = " << static_cast<int64_t>(rate) << " tokens/s (HF on the GPU "
+                << "host: " << static_cast<int64_t>(hf[name]["tokens_per_s"].get<double>()) << ")"
+                << std::endl;
+      EXPECT_GT(rate, 20000.0) << name << " " << pass;
+      const auto dstart = std::chrono::steady_clock::now();
+      const std::string decoded = tok->Decode(*ids, false);
+      const double dseconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - dstart).count();
+      std::cout << "[speed] " << name << " decode: " << static_cast<int64_t>(ids->size() / dseconds)
+                << " tokens/s" << std::endl;
+      if (name == "llama3") {
+        EXPECT_EQ(decoded, text);
+      }
+    }
+  }
+}
+
+// Text with few repeated words (pseudo-random words and numbers), so the word cache rarely hits:
+// the worst case for a long prompt. Prints tokens/s.
+TEST(TokenizerSpeed, UniqueWords) {
+  std::string text;
+  uint64_t state = 12345;
+  auto next = [&state] {
+    state = state * 6364136223846793005ULL + 1442695040888963407ULL;
+    return static_cast<uint32_t>(state >> 33);
+  };
+  while (text.size() < 400000) {
+    const int len = 2 + next() % 10;
+    for (int i = 0; i < len; ++i) text.push_back(static_cast<char>('a' + next() % 26));
+    text += (next() % 8 == 0) ? ", " : " ";
+    if (next() % 16 == 0) text += std::to_string(next()) + " ";
+  }
+  for (const std::string name : {"llama3", "llama2", "qwen3"}) {
+    auto tok = LoadTokenizer(name);
+    ASSERT_NE(tok, nullptr);
+    const auto start = std::chrono::steady_clock::now();
+    auto ids = tok->Encode(text, false);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ASSERT_TRUE(ids.ok());
+    std::cout << "[speed] " << name << " unique words: " << ids->size() << " tokens in " << seconds
+              << " s = " << static_cast<int64_t>(ids->size() / seconds) << " tokens/s" << std::endl;
+    EXPECT_GT(ids->size() / seconds, 20000.0) << name;
+    EXPECT_EQ(tok->Decode(*ids, false).size(), text.size() + (name == "llama2" ? 0 : 0));
+  }
+}
+
+// One enormous word and long runs: the per-word BPE must stay O(n log n).
+TEST(TokenizerSpeed, PathologicalInputs) {
+  auto tok = LoadTokenizer("llama3");
+  ASSERT_NE(tok, nullptr);
+  for (const std::string& text : {std::string(200000, 'a'), std::string(100000, ' '),
+                                  std::string(100000, '7'), std::string(50000, '\n') + "x"}) {
+    const auto start = std::chrono::steady_clock::now();
+    auto ids = tok->Encode(text, false);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    ASSERT_TRUE(ids.ok());
+    EXPECT_FALSE(ids->empty());
+    EXPECT_EQ(tok->Decode(*ids, false), text);
+    EXPECT_LT(seconds, 5.0) << text.substr(0, 10) << "... (" << text.size() << " bytes)";
+  }
 }
 
 }  // namespace
