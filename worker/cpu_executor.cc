@@ -10,6 +10,7 @@
 #include "common/check.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/attention.h"
+#include "kernels/cpu/kv_scores.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -23,7 +24,7 @@ constexpr int64_t kSmallAttentionTokens = 8;
 }  // namespace
 
 CpuExecutor::CpuExecutor(std::shared_ptr<const ModelWeights> weights, KvLayout layout)
-    : weights_(std::move(weights)), layout_(layout) {}
+    : weights_(std::move(weights)), layout_(layout), slot_reader_({}, {}, layout.block_size) {}
 
 absl::StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::Create(
     std::shared_ptr<const ModelWeights> weights, int64_t num_blocks, int32_t block_size) {
@@ -75,6 +76,7 @@ absl::StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::Create(
     rp.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
   }
   e->inv_freq_ = cpu::RopeInvFreq(rp);
+  e->slot_reader_ = FlatKvSlotReader(e->scores_, e->positions_, block_size);
   return e;
 }
 
@@ -131,6 +133,11 @@ absl::Status CpuExecutor::MoveKv(int32_t src_block, int32_t src_offset, int32_t 
 absl::Status CpuExecutor::ValidateBatch(const ForwardBatch& batch) const {
   const ModelConfig& c = config();
   const int32_t bs = layout_.block_size;
+  if (batch.score_pool_kernel < 0 ||
+      (batch.score_pool_kernel > 1 && batch.score_pool_kernel % 2 == 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch.score_pool_kernel must be 0, 1 or odd, got ", batch.score_pool_kernel));
+  }
   for (size_t i = 0; i < batch.seqs.size(); ++i) {
     const ForwardSequence& s = batch.seqs[i];
     auto bad = [&](const std::string& what) {
@@ -149,6 +156,7 @@ absl::Status CpuExecutor::ValidateBatch(const ForwardBatch& batch) const {
                                 " is outside the vocabulary [0, ", c.vocab_size, ")"));
       }
     }
+    if (s.score_queries < 0) return bad(absl::StrCat("score_queries ", s.score_queries, " < 0"));
     if (s.tables == nullptr) return bad("tables is null");
     if (static_cast<int32_t>(s.tables->heads.size()) != layout_.heads_per_seq()) {
       return bad(absl::StrCat("tables has ", s.tables->heads.size(), " heads, expected ",
@@ -253,6 +261,7 @@ absl::Status CpuExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out)
     cpu::RmsNorm(np);
   };
 
+  if (probs_.size() < num_seqs) probs_.resize(num_seqs);
   // Per-sequence attention inputs (block table pointers and counts of each kv head).
   std::vector<std::vector<const int32_t*>> tables(num_seqs, std::vector<const int32_t*>(hkv));
   std::vector<std::vector<int32_t>> counts(num_seqs, std::vector<int32_t>(hkv));
@@ -320,7 +329,31 @@ absl::Status CpuExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out)
       ap.num_kvs = counts[s].data();
       ap.out = attn_.data() + offs[s] * qd;
       ap.out_stride = qd;
+      const ForwardSequence& fs = batch.seqs[s];
+      const int32_t scored = std::min<int32_t>(fs.score_queries, ap.num_queries);
+      int32_t max_kvs = 0;
+      if (scored > 0) {
+        for (int32_t j = 0; j < hkv; ++j) max_kvs = std::max(max_kvs, counts[s][j]);
+        probs_[s].assign(static_cast<size_t>(scored) * c.num_attention_heads * max_kvs, 0.0f);
+        ap.probs = probs_[s].data();
+        ap.probs_first_query = ap.num_queries - scored;
+        ap.probs_stride = max_kvs;
+      }
       cpu::PagedAttention(ap);
+      if (scored > 0) {
+        cpu::KvScoreParams kp;
+        kp.num_queries = scored;
+        kp.num_q_heads = c.num_attention_heads;
+        kp.num_kv_heads = hkv;
+        kp.block_size = bs;
+        kp.pool_kernel = fs.score_pool ? batch.score_pool_kernel : 0;
+        kp.probs = probs_[s].data();
+        kp.probs_stride = max_kvs;
+        kp.block_tables = tables[s].data();
+        kp.num_kvs = counts[s].data();
+        kp.scores = scores_.data();
+        cpu::AccumulateKvScores(kp);
+      }
     };
     if (all_small && num_seqs > 1) {
       cpu::ParallelFor(static_cast<int64_t>(num_seqs), 1, [&](int64_t b, int64_t e) {
@@ -383,6 +416,13 @@ absl::Status CpuExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out)
   mp.w = w.lm_head_data();
   mp.y = out->logits.data();
   cpu::Matmul(mp);
+  return absl::OkStatus();
+}
+
+absl::Status CpuExecutor::MoveKvs(std::span<const KvMove> moves) {
+  for (const KvMove& m : moves) {
+    RETURN_IF_ERROR(MoveKv(m.src_block, m.src_offset, m.dst_block, m.dst_offset));
+  }
   return absl::OkStatus();
 }
 

@@ -42,6 +42,8 @@ class CpuExecutor : public Executor {
   const KvLayout& layout() const override { return layout_; }
   std::string backend() const override { return "cpu"; }
   absl::Status Forward(const ForwardBatch& batch, ForwardOutput* out) override;
+  const KvSlotReader& slot_reader() const override { return slot_reader_; }
+  absl::Status MoveKvs(std::span<const KvMove> moves) override;
 
   const ModelWeights& weights() const { return *weights_; }
 
@@ -74,6 +76,8 @@ class CpuExecutor : public Executor {
   std::vector<float> v_cache_;
   std::vector<float> scores_;
   std::vector<int32_t> positions_;
+  FlatKvSlotReader slot_reader_;  // over scores_ / positions_ (never resized after Create)
+  std::vector<std::vector<float>> probs_;  // per sequence: attention probabilities for scores
 
   // Activations, reused across steps (grown as needed).
   std::vector<float> x_, normed_, qkv_, attn_, mlp_, act_, logits_in_;

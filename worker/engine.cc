@@ -22,6 +22,7 @@ struct Engine::Sequence {
   int32_t preemptions = 0;
   bool in_kv = false;  // registered with the KvManager
   Rng rng{0};
+  uint64_t policy_seed = 0;
 };
 
 Engine::Engine(std::unique_ptr<Executor> executor, std::unique_ptr<KvManager> kv,
@@ -33,6 +34,13 @@ Engine::Engine(std::unique_ptr<Executor> executor, std::unique_ptr<KvManager> kv
       seed_source_(std::random_device{}()) {
   KVC_CHECK(executor_ != nullptr);
   KVC_CHECK(kv_ != nullptr);
+  KVC_CHECK_OK(options_.policy_options.Validate());
+  for (CompressionPolicyKind k :
+       {CompressionPolicyKind::kNone, CompressionPolicyKind::kKvCompress,
+        CompressionPolicyKind::kSnapKv, CompressionPolicyKind::kPyramidKv,
+        CompressionPolicyKind::kStreaming, CompressionPolicyKind::kRandom}) {
+    policies_[k] = MakeCompressionPolicy(k, options_.policy_options);
+  }
   RegisterMetrics();
 }
 
@@ -60,6 +68,12 @@ void Engine::RegisterMetrics() {
                                             "Tokens generated.").Get();
   preemptions_ = &metrics_->AddCounter("kvc_worker_preemptions_total",
                                        "Sequences preempted by recompute.").Get();
+  compression_hist_ = &metrics_->AddHistogram(
+                            "kvc_worker_compression_seconds",
+                            "Time to plan and apply one sequence's compression (selection, "
+                            "metadata, compaction moves).",
+                            {1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1})
+                          .Get();
   finished_ = &metrics_->AddCounter("kvc_worker_requests_finished_total",
                                     "Requests finished, by reason (length, stop, eos, abort, "
                                     "error).",
@@ -123,9 +137,16 @@ absl::Status Engine::Submit(EngineRequest request, OutputCallback callback) {
         "prompt: ", request.prompt.size(), " tokens need ", need_prompt,
         " KV blocks but the worker's pool has only ", total, " (the request can never fit)"));
   }
+  RETURN_IF_ERROR(Annotate(request.compression.Validate(kv_->layout()), "compression"));
+  if (request.observation_window < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "compression.observation_window: must be >= 1, got ", request.observation_window));
+  }
+  const bool compresses = request.policy != CompressionPolicyKind::kNone &&
+                          request.compression.mode != BudgetMode::kNone;
   const int64_t need_all = BlocksForTokens(static_cast<int64_t>(request.prompt.size()) +
                                            request.max_tokens);
-  if (need_all > total) {
+  if (!compresses && need_all > total) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "sampling.max_tokens: prompt + max_tokens = ",
         request.prompt.size() + request.max_tokens, " tokens need ", need_all,
@@ -175,6 +196,7 @@ void Engine::DrainInbox() {
     seq->tokens = p.request.prompt;
     uint64_t seed = p.request.seed.has_value() ? *p.request.seed : seed_source_();
     seq->rng = Rng(seed);
+    seq->policy_seed = seed ^ 0x9e3779b97f4a7c15ull;
     seq->req = std::move(p.request);
     seq->callback = std::move(p.callback);
     seq->arrival = p.arrival;
@@ -197,6 +219,7 @@ void Engine::DrainInbox() {
 }
 
 void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status status) {
+  lock_prefill_ = false;
   EngineOutput out;
   out.finished = true;
   out.reason = reason;
@@ -256,6 +279,7 @@ void Engine::Preempt(Sequence* seq) {
     seq->in_kv = false;
   }
   kv_->RecordPreemption();
+  lock_prefill_ = false;
   seq->preemptions++;
   if (preemptions_) preemptions_->Increment();
   for (auto it = running_.begin(); it != running_.end(); ++it) {
@@ -267,6 +291,50 @@ void Engine::Preempt(Sequence* seq) {
     }
   }
   KVC_CHECK(false) << "preempted sequence not running";
+}
+
+bool Engine::CollectsScores(const Sequence& seq) const {
+  if (seq.req.compression.mode == BudgetMode::kNone) return false;
+  switch (seq.req.policy) {
+    case CompressionPolicyKind::kKvCompress:
+    case CompressionPolicyKind::kSnapKv:
+    case CompressionPolicyKind::kPyramidKv:
+      return true;
+    case CompressionPolicyKind::kNone:
+    case CompressionPolicyKind::kStreaming:
+    case CompressionPolicyKind::kRandom:
+      return false;
+  }
+  return false;
+}
+
+int64_t Engine::Compress(Sequence* seq, CompressionTrigger trigger) {
+  if (!seq->in_kv || seq->req.policy == CompressionPolicyKind::kNone ||
+      seq->req.compression.mode == BudgetMode::kNone) {
+    return 0;
+  }
+  const auto start = std::chrono::steady_clock::now();
+  auto evict = kv_->EvictBlocksForBudget(seq->id, seq->req.compression);
+  KVC_CHECK_OK(evict.status());
+  if (*evict <= 0) return 0;
+  auto plan = PlanSequenceEviction(*kv_, seq->id, executor_->slot_reader(), *evict,
+                                   seq->req.compression.constraints, seq->policy_seed,
+                                   *policies_.at(seq->req.policy));
+  if (!plan.ok()) {
+    KVC_LOG(ERROR) << "compression plan for " << seq->req.request_id << " failed: "
+                   << plan.status();
+    return 0;
+  }
+  if (plan->empty()) return 0;
+  std::vector<KvMove> moves;
+  KVC_CHECK_OK(kv_->ApplyEviction(seq->id, *plan, trigger, &moves));
+  // The moves read from blocks the plan just freed: run them before anything is appended.
+  KVC_CHECK_OK(executor_->MoveKvs(moves));
+  if (compression_hist_) {
+    compression_hist_->Observe(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  return plan->blocks_freed;
 }
 
 void Engine::Loop() {
@@ -299,11 +367,38 @@ bool Engine::Step() {
   const auto step_start = std::chrono::steady_clock::now();
   const KvLayout& layout = kv_->layout();
 
-  // 1. Decode reservations for running sequences; preempt the newest while they don't fit.
+  step_count_++;
+  // 0. Decode growth: sequences that compress continually (or on the interval) go back to budget.
+  const bool interval_due =
+      options_.compression_interval > 0 && step_count_ % options_.compression_interval == 0;
+  for (auto& s : running_) {
+    if (s->req.continual) {
+      Compress(s.get(), CompressionTrigger::kContinual);
+    } else if (interval_due) {
+      Compress(s.get(), CompressionTrigger::kInterval);
+    }
+  }
+
+  // 1. Decode reservations for running sequences. When they don't fit: compress over-budget
+  //    sequences first (and hold back new prefills: anti-thrash), then preempt the newest.
   while (!running_.empty()) {
-    int64_t need = 0;
-    for (auto& s : running_) need += kv_->BlocksNeededToAppend(s->id, 1);
-    if (need <= kv_->num_free_blocks()) break;
+    auto need = [this] {
+      int64_t n = 0;
+      for (auto& s : running_) n += kv_->BlocksNeededToAppend(s->id, 1);
+      return n;
+    };
+    if (need() <= kv_->num_free_blocks()) break;
+    bool freed = false;
+    for (auto& s : running_) {
+      if (Compress(s.get(), CompressionTrigger::kMemoryPressure) > 0) {
+        freed = true;
+        if (need() <= kv_->num_free_blocks()) break;
+      }
+    }
+    if (freed) {
+      lock_prefill_ = true;
+      continue;
+    }
     if (running_.size() == 1) {
       // Cannot happen for requests that passed Submit()'s fit check; guard against loops.
       Finish(running_.front().get(), FinishReason::kLength,
@@ -323,7 +418,7 @@ bool Engine::Step() {
   const int64_t watermark_blocks =
       static_cast<int64_t>(options_.watermark * static_cast<double>(kv_->num_total_blocks()));
   int64_t prefill_tokens = 0;
-  while (!waiting_.empty() &&
+  while (!waiting_.empty() && !(lock_prefill_ && !running_.empty()) &&
          static_cast<int32_t>(running_.size()) < options_.max_num_seqs) {
     Sequence* s = waiting_.front().get();
     const int64_t n = static_cast<int64_t>(s->tokens.size());
@@ -343,12 +438,18 @@ bool Engine::Step() {
 
   // 3. One forward pass over the mixed batch.
   ForwardBatch batch;
+  batch.score_pool_kernel = options_.score_pool_kernel;
   for (Sequence* s : prefill) {
     ForwardSequence f;
     f.seq_id = s->id;
     f.tokens = std::span<const int32_t>(s->tokens);
     f.start_position = 0;
     f.tables = kv_->Tables(s->id);
+    if (CollectsScores(*s)) {
+      f.score_queries = std::min<int32_t>(s->req.observation_window,
+                                          static_cast<int32_t>(s->tokens.size()));
+      f.score_pool = true;
+    }
     batch.seqs.push_back(f);
   }
   for (Sequence* s : decode) {
@@ -357,6 +458,7 @@ bool Engine::Step() {
     f.tokens = std::span<const int32_t>(s->tokens).subspan(s->tokens.size() - 1, 1);
     f.start_position = static_cast<int32_t>(s->tokens.size()) - 1;
     f.tables = kv_->Tables(s->id);
+    f.score_queries = options_.decode_scores && CollectsScores(*s) ? 1 : 0;
     batch.seqs.push_back(f);
   }
   std::vector<Sequence*> order = prefill;
@@ -393,7 +495,12 @@ bool Engine::Step() {
                    static_cast<int64_t>(s->tokens.size()) >= cfg.max_position_embeddings) {
           reason = FinishReason::kLength;
         }
-        if (reason != FinishReason::kNone) Finish(s, reason, absl::OkStatus());
+        if (reason != FinishReason::kNone) {
+          Finish(s, reason, absl::OkStatus());
+        } else if (i < prefill.size()) {
+          // Compress right after the prefill, in the same step, so the freed blocks admit more.
+          Compress(s, CompressionTrigger::kPrefill);
+        }
       }
     }
   }

@@ -3,7 +3,8 @@ kvc_cc_library(
   NAME kvc_engine
   SRCS engine.cc
   HDRS engine.h executor.h
-  DEPS kvc_common kvc_model kvc_kvmanager kvc_sampling_cpu absl::synchronization absl::time)
+  DEPS kvc_common kvc_model kvc_kvmanager kvc_compression_policy kvc_sampling_cpu
+       absl::synchronization absl::time)
 
 include(${CMAKE_SOURCE_DIR}/kvmanager/service.cmake)
 
@@ -11,7 +12,7 @@ kvc_cc_library(
   NAME kvc_worker_service
   SRCS worker_service.cc
   HDRS worker_service.h
-  DEPS kvc_engine kvc_proto kvc_proto_validate kvc_grpc_common)
+  DEPS kvc_engine kvc_proto kvc_proto_validate kvc_grpc_common kvc_compression_policy)
 
 kvc_cc_binary(
   NAME kvc-worker

@@ -32,6 +32,8 @@
 #include "absl/time/time.h"
 #include "common/metrics.h"
 #include "kernels/cpu/sampling.h"
+#include "kvmanager/compression_budget.h"
+#include "kvmanager/compression_policy.h"
 #include "kvmanager/kv_manager.h"
 #include "worker/executor.h"
 
@@ -48,6 +50,11 @@ struct EngineRequest {
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
   int32_t priority = 0;
+  // KV-Compress, already resolved against the server's defaults (WorkerService does this).
+  CompressionPolicyKind policy = CompressionPolicyKind::kNone;
+  CompressionSettings compression;  // budget + constraints; mode kNone never evicts
+  int32_t observation_window = 32;  // w: last prompt queries that score the prompt's KVs
+  bool continual = true;            // re-compress to the budget during decode
 };
 
 struct EngineUsage {
@@ -84,6 +91,11 @@ struct EngineOptions {
   int32_t max_prefill_tokens = 4096;   // prompt tokens prefilled per step (at least one prompt)
   double watermark = 0.01;             // fraction of blocks kept free at admission
   bool check_invariants = false;       // KvManager::CheckInvariants() after every step (tests)
+  // KV-Compress scoring and triggers (docs/design/eviction.md).
+  bool decode_scores = true;           // decode queries add their squared probabilities
+  int32_t score_pool_kernel = 7;       // max-pool kernel of prefill scores (0/1 = off)
+  int32_t compression_interval = 0;    // also compress over-budget sequences every N steps
+  CompressionPolicyOptions policy_options;
 };
 
 class Engine {
@@ -125,6 +137,9 @@ class Engine {
   void DrainInbox();
   void Finish(Sequence* seq, FinishReason reason, absl::Status status);
   void Preempt(Sequence* seq);
+  // Compresses `seq` to its budget with its policy; returns the blocks freed (0 if none).
+  int64_t Compress(Sequence* seq, CompressionTrigger trigger);
+  bool CollectsScores(const Sequence& seq) const;
   int64_t BlocksForTokens(int64_t tokens) const;
   void RegisterMetrics();
 
@@ -152,6 +167,11 @@ class Engine {
   std::vector<std::unique_ptr<Sequence>> running_;
   std::thread thread_;
   std::mt19937_64 seed_source_;
+  std::map<CompressionPolicyKind, std::unique_ptr<CompressionPolicy>> policies_;
+  // Anti-thrash (spec §5.1): set when memory pressure forced a compression; blocks admission of
+  // new prefills until a sequence finishes or is preempted.
+  bool lock_prefill_ = false;
+  int64_t step_count_ = 0;
 
   // Metrics (owned by metrics_).
   Gauge* running_gauge_ = nullptr;
@@ -163,6 +183,7 @@ class Engine {
   Counter* generated_tokens_ = nullptr;
   Counter* preemptions_ = nullptr;
   Family<Counter>* finished_ = nullptr;
+  Histogram* compression_hist_ = nullptr;
 };
 
 }  // namespace kvc

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "kvmanager/eviction_plan.h"
 #include "kvmanager/kv_layout.h"
 #include "model/config.h"
 
@@ -32,10 +33,18 @@ struct ForwardSequence {
   const SequenceBlockTables* tables = nullptr;
   // Return logits of every token in `tokens` (tests, scoring) rather than only the last one.
   bool all_logits = false;
+  // KV-Compress scores (reference/kvcompress-spec.md §2, kernels/cpu/kv_scores.h): the last
+  // `score_queries` tokens of `tokens` add their squared attention probabilities, summed over
+  // each GQA group, to the scores of every KV they see. Prefill: the observation window w,
+  // max-pooled along keys (score_pool); decode: 1, not pooled. 0 = collect nothing.
+  int32_t score_queries = 0;
+  bool score_pool = false;
 };
 
 struct ForwardBatch {
   std::vector<ForwardSequence> seqs;
+  // Max-pooling kernel for pooled scores (odd; 0 or 1 = off).
+  int32_t score_pool_kernel = 7;
 };
 
 struct ForwardOutput {
@@ -57,6 +66,14 @@ class Executor {
   // Runs the model over the batch (prefill and decode sequences may be mixed), appending each
   // new token's K/V to its heads. Returns INVALID_ARGUMENT on inconsistent tables.
   virtual absl::Status Forward(const ForwardBatch& batch, ForwardOutput* out) = 0;
+
+  // Per-KV scores and token positions, read by the eviction planner. Valid for the executor's
+  // lifetime; reflects every Forward()/MoveKvs() that returned.
+  virtual const KvSlotReader& slot_reader() const = 0;
+  // Compaction: copies K, V, score and position of each move's source slot into its
+  // destination, in order (a plan's moves never overlap). Must run before the blocks freed by
+  // the plan are reused.
+  virtual absl::Status MoveKvs(std::span<const KvMove> moves) = 0;
 };
 
 }  // namespace kvc

@@ -40,6 +40,24 @@ ABSL_FLAG(int, max_num_seqs, 64, "Maximum running sequences.");
 ABSL_FLAG(int, max_prefill_tokens, 4096, "Prompt tokens prefilled per engine step.");
 ABSL_FLAG(float, default_temperature, 1.0f, "Temperature when a request sets none.");
 ABSL_FLAG(int, default_max_tokens, 256, "max_tokens when a request sets none.");
+ABSL_FLAG(std::string, compression_policy, "kvcompress",
+          "Default policy: kvcompress, snapkv, pyramidkv, streaming, random or none.");
+ABSL_FLAG(double, compression_rate, 0,
+          "Default budget as a rate (uncompressed/kept KVs, >= 1); 0 = no default budget.");
+ABSL_FLAG(int32_t, max_cache_tokens, 0,
+          "Default budget as average KVs per (layer, kv_head); 0 = none. Exclusive with "
+          "--compression_rate.");
+ABSL_FLAG(int32_t, protected_window, 32, "Default P: the last P tokens are never evicted.");
+ABSL_FLAG(int32_t, sink_tokens, 0, "Default S: the first S tokens are never evicted.");
+ABSL_FLAG(int32_t, min_kvs_per_head, 0, "Default minimum KVs any head keeps.");
+ABSL_FLAG(int32_t, observation_window, 32, "Default w: prompt queries that score prompt KVs.");
+ABSL_FLAG(bool, continual_compression, true,
+          "Default: re-compress a decoding sequence whenever it grows over its budget.");
+ABSL_FLAG(int32_t, compression_interval, 0,
+          "Also compress over-budget sequences every N engine steps (0 = off).");
+ABSL_FLAG(bool, decode_scores, true, "Decode queries add their squared attention to scores.");
+ABSL_FLAG(int32_t, score_pool_kernel, 7, "Max-pool kernel of prefill scores (0 or 1 = off).");
+ABSL_FLAG(int32_t, pyramid_beta, 20, "PyramidKV: the top layer keeps 1/beta of the average.");
 ABSL_FLAG(bool, per_head_metrics, false, "Export kvc_kv_head_kvs{layer,head} (L*H series).");
 ABSL_FLAG(bool, check_invariants, false, "Check KV-manager invariants after every step (debug).");
 ABSL_FLAG(std::string, ready_file, "", "Write the bound ports here as JSON once serving.");
@@ -109,6 +127,46 @@ absl::Status Run() {
   if (eopts.max_prefill_tokens < 1) {
     return absl::InvalidArgumentError("--max_prefill_tokens must be >= 1");
   }
+  eopts.decode_scores = absl::GetFlag(FLAGS_decode_scores);
+  eopts.score_pool_kernel = absl::GetFlag(FLAGS_score_pool_kernel);
+  eopts.compression_interval = absl::GetFlag(FLAGS_compression_interval);
+  eopts.policy_options.pyramid_beta = absl::GetFlag(FLAGS_pyramid_beta);
+  RETURN_IF_ERROR(Annotate(eopts.policy_options.Validate(), "--pyramid_beta"));
+  if (eopts.compression_interval < 0) {
+    return absl::InvalidArgumentError("--compression_interval must be >= 0");
+  }
+  if (eopts.score_pool_kernel < 0 ||
+      (eopts.score_pool_kernel > 1 && eopts.score_pool_kernel % 2 == 0)) {
+    return absl::InvalidArgumentError("--score_pool_kernel must be 0, 1 or odd");
+  }
+  CompressionDefaults cdef;
+  {
+    auto policy = ParseCompressionPolicy(absl::GetFlag(FLAGS_compression_policy));
+    RETURN_IF_ERROR(Annotate(policy.status(), "--compression_policy"));
+    cdef.policy = *policy;
+    const double rate = absl::GetFlag(FLAGS_compression_rate);
+    const int32_t mct = absl::GetFlag(FLAGS_max_cache_tokens);
+    if (rate > 0 && mct > 0) {
+      return absl::InvalidArgumentError(
+          "--compression_rate and --max_cache_tokens are exclusive; set one");
+    }
+    if (rate > 0) {
+      cdef.settings.mode = BudgetMode::kRate;
+      cdef.settings.compression_rate = rate;
+    } else if (mct > 0) {
+      cdef.settings.mode = BudgetMode::kMaxCacheTokens;
+      cdef.settings.max_cache_tokens = mct;
+    }
+    cdef.settings.constraints.protected_window = absl::GetFlag(FLAGS_protected_window);
+    cdef.settings.constraints.sink_tokens = absl::GetFlag(FLAGS_sink_tokens);
+    cdef.settings.constraints.min_kvs_per_head = absl::GetFlag(FLAGS_min_kvs_per_head);
+    RETURN_IF_ERROR(Annotate(cdef.settings.Validate(kv_options.layout), "compression flags"));
+    cdef.observation_window = absl::GetFlag(FLAGS_observation_window);
+    if (cdef.observation_window < 1) {
+      return absl::InvalidArgumentError("--observation_window must be >= 1");
+    }
+    cdef.continual = absl::GetFlag(FLAGS_continual_compression);
+  }
   Engine engine(std::move(executor), std::move(kv), eopts, &metrics);
   ExportKvMetrics(kv_ptr, &metrics, absl::GetFlag(FLAGS_per_head_metrics));
   auto& up = metrics.AddGauge("kvc_worker_info", "Worker identity (value 1).",
@@ -118,7 +176,7 @@ absl::Status Run() {
   SamplingDefaults defaults;
   defaults.temperature = absl::GetFlag(FLAGS_default_temperature);
   defaults.max_tokens = absl::GetFlag(FLAGS_default_max_tokens);
-  WorkerService worker_service(&engine, name, defaults);
+  WorkerService worker_service(&engine, name, defaults, cdef);
   KvManagerService kv_service(kv_ptr, [&engine] {
     return QueueDepth{engine.num_running(), engine.num_waiting()};
   });

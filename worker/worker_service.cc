@@ -52,8 +52,62 @@ v1::FinishReason ToProto(FinishReason r) {
   return v1::FINISH_REASON_UNSPECIFIED;
 }
 
-WorkerService::WorkerService(Engine* engine, std::string model_name, SamplingDefaults defaults)
-    : engine_(engine), model_name_(std::move(model_name)), defaults_(defaults) {}
+WorkerService::WorkerService(Engine* engine, std::string model_name, SamplingDefaults defaults,
+                             CompressionDefaults compression)
+    : engine_(engine),
+      model_name_(std::move(model_name)),
+      defaults_(defaults),
+      compression_(compression) {}
+
+absl::Status ResolveCompression(const v1::CompressionParams& c, const CompressionDefaults& d,
+                                const KvLayout& layout, EngineRequest* out) {
+  switch (c.policy()) {
+    case v1::COMPRESSION_POLICY_UNSPECIFIED:
+      out->policy = d.policy;
+      break;
+    case v1::COMPRESSION_POLICY_NONE:
+      out->policy = CompressionPolicyKind::kNone;
+      break;
+    case v1::COMPRESSION_POLICY_KVCOMPRESS:
+      out->policy = CompressionPolicyKind::kKvCompress;
+      break;
+    case v1::COMPRESSION_POLICY_SNAPKV:
+      out->policy = CompressionPolicyKind::kSnapKv;
+      break;
+    case v1::COMPRESSION_POLICY_PYRAMIDKV:
+      out->policy = CompressionPolicyKind::kPyramidKv;
+      break;
+    case v1::COMPRESSION_POLICY_STREAMING:
+      out->policy = CompressionPolicyKind::kStreaming;
+      break;
+    case v1::COMPRESSION_POLICY_RANDOM:
+      out->policy = CompressionPolicyKind::kRandom;
+      break;
+    default:
+      return absl::InvalidArgumentError(
+          absl::StrCat("compression.policy: unknown policy ", c.policy()));
+  }
+  CompressionOverrides o;
+  if (c.budget_case() == v1::CompressionParams::kCompressionRate) {
+    o.compression_rate = c.compression_rate();
+  } else if (c.budget_case() == v1::CompressionParams::kMaxCacheTokens) {
+    o.max_cache_tokens = c.max_cache_tokens();
+  }
+  if (c.has_protected_window()) o.protected_window = c.protected_window();
+  if (c.has_sink_tokens()) o.sink_tokens = c.sink_tokens();
+  if (c.has_min_kvs_per_head()) o.min_kvs_per_head = c.min_kvs_per_head();
+  auto settings = ResolveCompressionSettings(d.settings, o, layout);
+  if (!settings.ok()) {
+    const std::string msg(settings.status().message());
+    return absl::Status(settings.status().code(),
+                        msg.rfind("compression", 0) == 0 ? msg : "compression." + msg);
+  }
+  out->compression = *settings;
+  out->observation_window = c.has_observation_window() ? c.observation_window()
+                                                       : d.observation_window;
+  out->continual = c.has_continual() ? c.continual() : d.continual;
+  return absl::OkStatus();
+}
 
 v1::ModelInfo WorkerService::MakeModelInfo(const ModelConfig& cfg, const std::string& name) {
   v1::ModelInfo m;
@@ -96,6 +150,8 @@ grpc::Status WorkerService::Generate(grpc::ServerContext* ctx,
   er.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
   er.ignore_eos = s.has_ignore_eos() && s.ignore_eos();
   er.priority = req->priority();
+  st = ResolveCompression(req->compression(), compression_, engine_->kv_manager().layout(), &er);
+  if (!st.ok()) return ToGrpcStatus(st);
   const std::string id = er.request_id;
 
   auto queue = std::make_shared<OutputQueue>();

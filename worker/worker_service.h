@@ -21,9 +21,23 @@ struct SamplingDefaults {
   int32_t max_tokens = 256;
 };
 
+// Server-side defaults for unset compression fields (the worker's --compression_* flags).
+struct CompressionDefaults {
+  CompressionPolicyKind policy = CompressionPolicyKind::kKvCompress;
+  CompressionSettings settings;  // mode kNone: no budget unless the request sets one
+  int32_t observation_window = 32;
+  bool continual = true;
+};
+
+// Resolves a request's compression fields against the defaults into `out` (policy, settings,
+// observation window, continual). INVALID_ARGUMENT naming the field.
+absl::Status ResolveCompression(const v1::CompressionParams& c, const CompressionDefaults& d,
+                                const KvLayout& layout, EngineRequest* out);
+
 class WorkerService final : public v1::Worker::Service {
  public:
-  WorkerService(Engine* engine, std::string model_name, SamplingDefaults defaults);
+  WorkerService(Engine* engine, std::string model_name, SamplingDefaults defaults,
+                CompressionDefaults compression = {});
 
   grpc::Status Generate(grpc::ServerContext* ctx, const v1::WorkerGenerateRequest* req,
                         grpc::ServerWriter<v1::WorkerGenerateResponse>* writer) override;
@@ -39,6 +53,7 @@ class WorkerService final : public v1::Worker::Service {
   Engine* engine_;
   const std::string model_name_;
   const SamplingDefaults defaults_;
+  const CompressionDefaults compression_;
   std::atomic<uint64_t> next_id_{1};
 };
 

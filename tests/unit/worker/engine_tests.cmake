@@ -1,2 +1,6 @@
 kvc_cc_test(NAME worker_engine_test SRCS engine_test.cc
             DEPS kvc_engine kvc_cpu_executor kvc_model absl::synchronization LABELS unit)
+kvc_cc_test(NAME worker_compression_test SRCS compression_test.cc
+            DEPS kvc_engine kvc_cpu_executor kvc_model kvc_compression_policy LABELS unit)
+kvc_cc_test(NAME worker_engine_compression_test SRCS engine_compression_test.cc
+            DEPS kvc_engine kvc_cpu_executor kvc_model LABELS unit)
