@@ -218,6 +218,17 @@ absl::StatusOr<EvictionPlan> EvictionPlanner::Plan(const KvLayout& layout,
   absl::Status status = ValidateTables(layout, tables, num_tokens);
   if (!status.ok()) return status;
 
+  Gather(layout, tables, reader, num_tokens, constraints, /*gather=*/evict_blocks > 0);
+  std::vector<int32_t> k;
+  ChooseBlockCounts(layout.block_size, evict_blocks, &k);
+  EvictionPlan plan = Emit(layout, tables, k);
+  plan.blocks_requested = evict_blocks;
+  return plan;
+}
+
+void EvictionPlanner::Gather(const KvLayout& layout, const SequenceBlockTables& tables,
+                             const KvSlotReader& reader, int64_t num_tokens,
+                             const EvictionConstraints& constraints, bool gather) {
   const int32_t b = layout.block_size;
   const int64_t num_heads = layout.heads_per_seq();
   // Evictable positions: [sink_tokens, num_tokens - protected_window).
@@ -225,14 +236,12 @@ absl::StatusOr<EvictionPlan> EvictionPlanner::Plan(const KvLayout& layout,
   const int64_t pos_hi = num_tokens - constraints.protected_window;
   const int64_t keep_blocks = CeilDiv(constraints.min_kvs_per_head, b);
 
-  EvictionPlan plan;
-  plan.blocks_requested = evict_blocks;
   entries_.clear();
   heads_.assign(num_heads, HeadInfo{});
   block_scores_.resize(b);
   block_positions_.resize(b);
 
-  if (evict_blocks > 0 && pos_hi > pos_lo) {
+  if (gather && pos_hi > pos_lo) {
     for (int64_t h = 0; h < num_heads; ++h) {
       const HeadBlockTable& head = tables.heads[h];
       HeadInfo& info = heads_[h];
@@ -266,10 +275,13 @@ absl::StatusOr<EvictionPlan> EvictionPlanner::Plan(const KvLayout& layout,
       }
     }
   }
+}
 
-  std::vector<int32_t> k;
-  ChooseBlockCounts(b, evict_blocks, &k);
-
+EvictionPlan EvictionPlanner::Emit(const KvLayout& layout, const SequenceBlockTables& tables,
+                                   const std::vector<int32_t>& k) {
+  const int32_t b = layout.block_size;
+  const int64_t num_heads = layout.heads_per_seq();
+  EvictionPlan plan;
   std::vector<std::pair<int32_t, int32_t>> scratch_moves;
   auto before = [](const Entry& x, const Entry& y) {
     if (x.key != y.key) return x.key < y.key;
@@ -279,6 +291,7 @@ absl::StatusOr<EvictionPlan> EvictionPlanner::Plan(const KvLayout& layout,
   for (int64_t h = 0; h < num_heads; ++h) {
     if (k[h] == 0) continue;
     const HeadInfo& info = heads_[h];
+    KVC_CHECK_LE(k[h], info.kmax);
     HeadEviction ev;
     ev.head_index = static_cast<int32_t>(h);
     ev.num_kvs_before = info.n;
@@ -298,6 +311,73 @@ absl::StatusOr<EvictionPlan> EvictionPlanner::Plan(const KvLayout& layout,
     plan.heads.push_back(std::move(ev));
   }
   return plan;
+}
+
+absl::StatusOr<EvictionPlan> EvictionPlanner::PlanWithChooser(
+    const KvLayout& layout, const SequenceBlockTables& tables, const KvSlotReader& reader,
+    int64_t num_tokens, int64_t blocks_requested, const EvictionConstraints& constraints,
+    const BlockCountChooser& choose) {
+  absl::Status status = ValidateEvictionInput(layout, tables, num_tokens, constraints);
+  if (!status.ok()) return status;
+  Gather(layout, tables, reader, num_tokens, constraints, /*gather=*/true);
+  const size_t num_heads = heads_.size();
+  std::vector<int32_t> kmax(num_heads);
+  for (size_t h = 0; h < num_heads; ++h) kmax[h] = heads_[h].kmax;
+  std::vector<int32_t> k(num_heads, 0);
+  choose(kmax, std::span<int32_t>(k));
+  for (size_t h = 0; h < num_heads; ++h) k[h] = std::clamp(k[h], 0, kmax[h]);
+  EvictionPlan plan = Emit(layout, tables, k);
+  plan.blocks_requested = blocks_requested;
+  return plan;
+}
+
+absl::StatusOr<EvictionPlan> EvictionPlanner::PlanPerHeadBlocks(
+    const KvLayout& layout, const SequenceBlockTables& tables, const KvSlotReader& reader,
+    int64_t num_tokens, std::span<const int32_t> blocks_to_free_per_head,
+    const EvictionConstraints& constraints) {
+  if (static_cast<int64_t>(blocks_to_free_per_head.size()) != layout.heads_per_seq()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("blocks_to_free_per_head has ", blocks_to_free_per_head.size(),
+                     " entries, layout needs ", layout.heads_per_seq()));
+  }
+  int64_t requested = 0;
+  for (size_t h = 0; h < blocks_to_free_per_head.size(); ++h) {
+    if (blocks_to_free_per_head[h] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "blocks_to_free_per_head[", h, "] = ", blocks_to_free_per_head[h], " is negative"));
+    }
+    requested += blocks_to_free_per_head[h];
+  }
+  return PlanWithChooser(layout, tables, reader, num_tokens, requested, constraints,
+                         [&](std::span<const int32_t> kmax, std::span<int32_t> k) {
+                           for (size_t h = 0; h < k.size(); ++h)
+                             k[h] = std::min(blocks_to_free_per_head[h], kmax[h]);
+                         });
+}
+
+absl::Status ValidateEvictionInput(const KvLayout& layout, const SequenceBlockTables& tables,
+                                   int64_t num_tokens, const EvictionConstraints& constraints) {
+  if (num_tokens < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("num_tokens must be >= 0, got ", num_tokens));
+  }
+  if (constraints.protected_window < 0 || constraints.sink_tokens < 0 ||
+      constraints.min_kvs_per_head < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("protected_window, sink_tokens and min_kvs_per_head must be >= 0, got ",
+                     constraints.protected_window, ", ", constraints.sink_tokens, ", ",
+                     constraints.min_kvs_per_head));
+  }
+  return ValidateTables(layout, tables, num_tokens);
+}
+
+absl::StatusOr<EvictionPlan> PlanPerHeadBlocks(const KvLayout& layout,
+                                               const SequenceBlockTables& tables,
+                                               const KvSlotReader& reader, int64_t num_tokens,
+                                               std::span<const int32_t> blocks_to_free_per_head,
+                                               const EvictionConstraints& constraints) {
+  EvictionPlanner planner;
+  return planner.PlanPerHeadBlocks(layout, tables, reader, num_tokens, blocks_to_free_per_head,
+                                   constraints);
 }
 
 absl::StatusOr<EvictionPlan> PlanEviction(const KvLayout& layout, const SequenceBlockTables& tables,

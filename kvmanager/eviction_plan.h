@@ -22,6 +22,7 @@
 #define KVC_KVMANAGER_EVICTION_PLAN_H_
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <vector>
 
@@ -111,6 +112,13 @@ struct EvictionPlan {
   bool empty() const { return heads.empty(); }
 };
 
+// Chooses how many blocks each head frees, for policies that allocate blocks to heads themselves
+// (compression_policy.h). max_blocks[h] is kmax of head index h under the constraints (the most
+// blocks it can free); the chooser writes blocks[h] (zero-initialised, L·H entries). Values are
+// clamped to [0, max_blocks[h]] afterwards.
+using BlockCountChooser =
+    std::function<void(std::span<const int32_t> max_blocks, std::span<int32_t> blocks)>;
+
 // Plans one sequence's eviction; keeps scratch buffers between calls (no steady-state allocation
 // beyond the returned plan).
 class EvictionPlanner {
@@ -122,6 +130,27 @@ class EvictionPlanner {
   absl::StatusOr<EvictionPlan> Plan(const KvLayout& layout, const SequenceBlockTables& tables,
                                     const KvSlotReader& reader, int64_t num_tokens,
                                     int64_t evict_blocks, const EvictionConstraints& constraints);
+
+  // Per-head targets instead of the global rule: head index h frees
+  // k = min(blocks_to_free_per_head[h], kmax_h) blocks (kmax_h: what the constraints let it give,
+  // as in Plan), evicting its (k-1)·b + r lowest evictable KVs in the (score, position, slot)
+  // order, exactly as Plan does within a head. blocks_requested = the sum of the targets.
+  // INVALID_ARGUMENT as Plan, and for a target array of the wrong size or a negative target.
+  absl::StatusOr<EvictionPlan> PlanPerHeadBlocks(const KvLayout& layout,
+                                                 const SequenceBlockTables& tables,
+                                                 const KvSlotReader& reader, int64_t num_tokens,
+                                                 std::span<const int32_t> blocks_to_free_per_head,
+                                                 const EvictionConstraints& constraints);
+
+  // The general form: one gather pass computes every head's kmax, `choose` picks k per head from
+  // it (see BlockCountChooser), and each head evicts as in PlanPerHeadBlocks.
+  // blocks_requested = `blocks_requested` (informational). INVALID_ARGUMENT as Plan.
+  absl::StatusOr<EvictionPlan> PlanWithChooser(const KvLayout& layout,
+                                               const SequenceBlockTables& tables,
+                                               const KvSlotReader& reader, int64_t num_tokens,
+                                               int64_t blocks_requested,
+                                               const EvictionConstraints& constraints,
+                                               const BlockCountChooser& choose);
 
  private:
   struct Entry {
@@ -138,6 +167,13 @@ class EvictionPlanner {
   };
   // Chooses k per head (the B cheapest (cost, head, j) by radix select on the cost threshold).
   void ChooseBlockCounts(int32_t block_size, int64_t evict_blocks, std::vector<int32_t>* k);
+  // Fills heads_ and entries_ (each head's evictable KVs and kmax); gathers nothing when
+  // `gather` is false or no position is evictable. The arguments must be valid.
+  void Gather(const KvLayout& layout, const SequenceBlockTables& tables, const KvSlotReader& reader,
+              int64_t num_tokens, const EvictionConstraints& constraints, bool gather);
+  // Builds the plan evicting k[h] <= kmax blocks from each head (per-head selection, compaction).
+  EvictionPlan Emit(const KvLayout& layout, const SequenceBlockTables& tables,
+                    const std::vector<int32_t>& k);
 
   std::vector<Entry> entries_;
   std::vector<HeadInfo> heads_;
@@ -147,6 +183,19 @@ class EvictionPlanner {
   std::vector<int64_t> base_;
   std::vector<int32_t> counts_;
 };
+
+// Checks the arguments every planner entry point shares: num_tokens >= 0, the constraints >= 0,
+// and tables consistent with the layout (head count, ceil(n/b) blocks per head, n <= num_tokens,
+// block ids in range). INVALID_ARGUMENT naming the offending value otherwise.
+absl::Status ValidateEvictionInput(const KvLayout& layout, const SequenceBlockTables& tables,
+                                   int64_t num_tokens, const EvictionConstraints& constraints);
+
+// One-shot form of EvictionPlanner::PlanPerHeadBlocks.
+absl::StatusOr<EvictionPlan> PlanPerHeadBlocks(const KvLayout& layout,
+                                               const SequenceBlockTables& tables,
+                                               const KvSlotReader& reader, int64_t num_tokens,
+                                               std::span<const int32_t> blocks_to_free_per_head,
+                                               const EvictionConstraints& constraints);
 
 // One-shot form of EvictionPlanner::Plan.
 absl::StatusOr<EvictionPlan> PlanEviction(const KvLayout& layout, const SequenceBlockTables& tables,
