@@ -859,9 +859,7 @@ void AddedTokenMatcher::Split(std::vector<Piece>* pieces) const {
           stop = next;
         }
       }
-      if (!any) {
-        any = true;
-      }
+      any = true;
       if (start_offset < start) {
         out->push_back(Piece{std::string(s.substr(start_offset, start - start_offset)), -1,
                              p.at_origin && start_offset == 0});

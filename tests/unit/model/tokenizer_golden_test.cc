@@ -302,7 +302,7 @@ TEST(TokenizerSpeed, UniqueWords) {
     std::cout << "[speed] " << name << " unique words: " << ids->size() << " tokens in " << seconds
               << " s = " << static_cast<int64_t>(ids->size() / seconds) << " tokens/s" << std::endl;
     EXPECT_GT(ids->size() / seconds, 20000.0) << name;
-    EXPECT_EQ(tok->Decode(*ids, false).size(), text.size() + (name == "llama2" ? 0 : 0));
+    EXPECT_EQ(tok->Decode(*ids, false), text) << name;
   }
 }
 
