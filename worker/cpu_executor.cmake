@@ -3,4 +3,4 @@ kvc_cc_library(
   NAME kvc_cpu_executor
   SRCS cpu_executor.cc
   HDRS cpu_executor.h executor.h
-  DEPS kvc_common kvc_model kvc_kernels_cpu absl::status absl::statusor absl::strings)
+  DEPS kvc_common kvc_model kvc_kernels_cpu kvc_kvmanager absl::status absl::statusor absl::strings)

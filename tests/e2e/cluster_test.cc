@@ -400,41 +400,44 @@ TEST(ClusterFailureTest, WorkerDyingMidStreamFailsOnlyItsRequests) {
   auto client = Client::Connect(r->address());
   ASSERT_TRUE(client.ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(500));
-  // Two long requests go to different workers (least-loaded); kill the first one's worker.
-  std::atomic<bool> killed{false};
-  std::string victim_addr;
+  // Two long requests go to different workers (least-loaded): the first keeps its worker busy;
+  // the second's worker is killed as soon as that request's first chunk arrives.
   auto long_req = [](const std::string& p) {
     v1::GenerateRequest q;
     q.set_prompt(p);
     q.mutable_sampling()->set_temperature(0);
-    q.mutable_sampling()->set_max_tokens(300);
+    q.mutable_sampling()->set_max_tokens(400);
     q.mutable_sampling()->set_ignore_eos(true);
     return q;
   };
-  std::promise<std::string> first_worker;
-  auto f1 = std::async(std::launch::async, [&] {
+  std::promise<void> survivor_started;
+  auto f2 = std::async(std::launch::async, [&] {
     bool told = false;
+    return (*client)->Generate(long_req("In the beginning"), [&](const v1::GenerateResponse&) {
+      if (!told) survivor_started.set_value();
+      told = true;
+      return true;
+    });
+  });
+  survivor_started.get_future().get();
+  std::string victim_addr;
+  auto f1 = std::async(std::launch::async, [&] {
+    bool killed = false;
     return (*client)->Generate(long_req("Once upon a time"), [&](const v1::GenerateResponse& m) {
-      if (!told) {
-        first_worker.set_value(m.worker());
-        told = true;
+      if (!killed) {
+        victim_addr = m.worker();
+        (victim_addr == e0->address() ? w0 : w1).Kill();
+        killed = true;
       }
       return true;
     });
   });
-  victim_addr = first_worker.get_future().get();
-  auto f2 = std::async(std::launch::async, [&] {
-    return (*client)->Generate(long_req("In the beginning"));
-  });
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));
-  (victim_addr == e0->address() ? w0 : w1).Kill();
-  killed = true;
   auto r1 = f1.get();
   auto r2 = f2.get();
   EXPECT_FALSE(r1.ok());
   EXPECT_THAT(std::string(r1.status().message()), HasSubstr(victim_addr));
   ASSERT_TRUE(r2.ok()) << r2.status();
-  EXPECT_EQ(r2->token_ids.size(), 300u);
+  EXPECT_EQ(r2->token_ids.size(), 400u);
   EXPECT_NE(r2->worker, victim_addr);
   // New requests go to the surviving worker.
   auto r3 = (*client)->Generate(long_req("hello"));

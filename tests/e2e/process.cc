@@ -48,6 +48,16 @@ ChildProcess::ChildProcess(ChildProcess&& other) noexcept
   other.pid_ = -1;
 }
 
+ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
+  if (this != &other) {
+    if (pid_ > 0) Stop(absl::Seconds(5));
+    pid_ = other.pid_;
+    log_path_ = std::move(other.log_path_);
+    other.pid_ = -1;
+  }
+  return *this;
+}
+
 absl::StatusOr<ChildProcess> ChildProcess::Start(std::vector<std::string> argv,
                                                  const std::string& log_path) {
   std::vector<char*> args;

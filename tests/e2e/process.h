@@ -23,7 +23,8 @@ class ChildProcess {
   ChildProcess() = default;
   ~ChildProcess();
   ChildProcess(ChildProcess&& other) noexcept;
-  ChildProcess& operator=(ChildProcess&&) = delete;
+  // Stops the process this one held (if any) and takes over `other`'s.
+  ChildProcess& operator=(ChildProcess&& other) noexcept;
 
   // Starts `argv[0]` with the rest as arguments; stdout+stderr go to `log_path`.
   static absl::StatusOr<ChildProcess> Start(std::vector<std::string> argv,
