@@ -287,7 +287,7 @@ PANELS = [
     ),
     timeseries(
         "Compressions and compactions per second",
-        "Compressions that freed blocks, by trigger (prefill, memory_pressure, interval), and "
+        "Compressions that freed blocks, by trigger (docs/metrics.md lists the triggers), and "
         "head block lists compacted.",
         [
             target(

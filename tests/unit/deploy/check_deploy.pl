@@ -1,7 +1,7 @@
 #!/usr/bin/perl
 # Static checks of deploy/ (run from the repository root by check.sh; Perl core modules only).
 #
-#  1. Every kvc_* name in deploy/ is a metric of docs/metrics.md (or a histogram's _bucket,
+#  1. Every kvc_* name in deploy/ and docs/operations.md is a metric of docs/metrics.md (or a histogram's _bucket,
 #     _sum, _count series); every label a rule or dashboard query matches, groups by or prints
 #     belongs to a metric of that query (or is a scrape target label); every kvc:* recorded
 #     series a query uses is defined in deploy/prometheus/rules.yml.
@@ -64,8 +64,9 @@ find({ wanted => sub { push @deploy_files, $File::Find::name if -f $_ }, no_chdi
 @deploy_files = sort @deploy_files;
 err('deploy/: no files found') unless @deploy_files;
 
-# 1a. Every kvc_* token in every file under deploy/ is a known series.
-for my $path (@deploy_files) {
+# 1a. Every kvc_* token in every file under deploy/ (and in the operations guide, which quotes
+# queries) is a known series.
+for my $path (@deploy_files, 'docs/operations.md') {
   my $text = slurp($path);
   my %seen;
   while ($text =~ /(?<![A-Za-z0-9_])(kvc_[a-z0-9_]*[a-z0-9])/g) {
