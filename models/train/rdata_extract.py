@@ -19,7 +19,7 @@ import zlib
 
 NILVALUE, REFSXP, EMPTYENV, BASEENV, GLOBALENV, UNBOUNDVALUE, MISSINGARG, BASENAMESPACE = (
     254, 255, 242, 241, 253, 252, 251, 247)
-PACKAGESXP, NAMESPACESXP, PERSISTSXP = 249, 250, 247 - 0  # 247 also BASENAMESPACE (no payload)
+PACKAGESXP, NAMESPACESXP = 249, 250
 ATTRLANGSXP, ATTRLISTSXP, ALTREP = 240, 239, 238
 
 
@@ -169,9 +169,8 @@ def main():
     base, outdir = sys.argv[1], sys.argv[2]
     os.makedirs(outdir, exist_ok=True)
     index = unserialize(gzip.decompress(open(base + ".rdx", "rb").read()))
-    # index: VECSXP of (variables, references, compressed); names are attributes we skipped,
-    # so take the first element: a VECSXP of (offset, length) INTSXP pairs whose names are lost.
-    # Re-read names by parsing the attribute too is more work; instead name objects by order.
+    # index: VECSXP of (variables, references, compressed); variables is a VECSXP of
+    # (offset, length) INTSXP pairs; its names attribute is read separately by index_names().
     rdb = open(base + ".rdb", "rb").read()
     variables = index[0]
     names = index_names(gzip.decompress(open(base + ".rdx", "rb").read()))
@@ -195,10 +194,8 @@ def index_names(data):
     r.header()
     flags = r.i32()
     assert flags & 0xFF == 19
-    n = r.length()
-    first_flags = r.i32()
-    r.p -= 4
-    # Parse first element manually to capture its attributes.
+    r.length()
+    # Parse the first element by hand to keep its attributes.
     flags = r.i32()
     m = r.length()
     for _ in range(m):
