@@ -1,0 +1,295 @@
+// Paged decode attention over per-head block tables (+ decode scores). See params.h for the
+// contract and docs/design/kernels.md for the design.
+//
+// Kernels, in stream order:
+//   1. DecodeSplitKernel   grid (S*H, splits), 4 warps. CTA (head, split) walks its chunk of
+//      the head's KVs in 16-KV tiles (warp w takes tiles w, w+4, ...). Each tile: K and V rows
+//      straight from the pages into registers (16-byte loads), logits of the G <= 8 query heads
+//      with one tensor-core MMA per 16 KV x 16 dims (G query rows of 16; rows G.. are zero),
+//      online softmax, P·V with V transposed in registers. Warps merge through shared memory.
+//      splits == 1: writes out/lse; else: per-split partial (O/L, max, sum) to the workspace.
+//   2. DecodeCombineKernel (splits > 1) grid (S*H): merges the partials, writes out/lse.
+//   3. DecodeScoreKernel   (accumulate_scores) grid (S*H, splits): scores[slot] +=
+//      sum_g exp2(2 (logit_g - lse2_g)) from the logits kernel 1 stored, with the final LSE.
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/launch.h"
+
+namespace kvc::kernels::internal {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTile = 16;  // KVs per warp iteration
+constexpr int kMaxGroup = 8;
+
+struct DecodeArgs {
+  DecodeAttentionParams p;
+  int group;
+  int log2b;
+  float scale_log2;
+  int64_t q_stride;
+  int64_t out_stride;
+  float* lse2;     // [S*H*G]
+  float* part_o;   // [S*H*splits*G, D]
+  float* part_ml;  // [S*H*splits*G, 2]
+  float* logits;   // [S*H*splits*G, chunk]
+};
+
+__device__ __forceinline__ int HeadLength(const DecodeAttentionParams& p, int sh) {
+  return min(__ldg(p.tables.num_kvs + sh), p.tables.max_num_kvs);
+}
+
+// Writes the final output row of query head (sh, g) element d, and its LSE once per row.
+template <int D>
+__device__ __forceinline__ void WriteFinal(const DecodeArgs& a, int sh, int g, int d, float o,
+                                           float m, float l) {
+  const DecodeAttentionParams& p = a.p;
+  const int H = p.tables.num_kv_heads;
+  const int s = sh / H;
+  const int qh = (sh - s * H) * a.group + g;
+  p.out[s * a.out_stride + static_cast<int64_t>(qh) * D + d] =
+      Bf16{__bfloat16_as_ushort(__float2bfloat16_rn(l > 0.0f ? o / l : 0.0f))};
+  if (d == 0) {
+    const float lse2 = l > 0.0f ? m + log2f(l) : kNegInf;
+    if (p.lse != nullptr) p.lse[static_cast<int64_t>(s) * p.num_q_heads + qh] = lse2 * kLn2;
+    a.lse2[static_cast<int64_t>(sh) * a.group + g] = lse2;
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    DecodeSplitKernel(const __grid_constant__ DecodeArgs a) {
+  constexpr int kJ = D / 32;  // 16-byte chunks per lane per row
+  const DecodeAttentionParams& p = a.p;
+  const int sh = blockIdx.x;
+  const int split = blockIdx.y;
+  const int n = HeadLength(p, sh);
+  const int c0 = split * p.chunk_size;
+  if (split > 0 && c0 >= n) return;  // unused split (split 0 always runs: it reports n == 0)
+  const int c1 = min(n, c0 + p.chunk_size);
+  const int H = p.tables.num_kv_heads;
+  const int G = a.group;
+  const int s = sh / H;
+  const int h = sh - s * H;
+  const int32_t* list = p.tables.block_ids + __ldg(p.tables.table_offsets + sh);
+
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int grp = lane >> 2;
+  const int t = lane & 3;
+  const bool row_ok = grp < G;
+
+  uint4 qf[kJ];
+  {
+    const Bf16* qrow = p.q + s * a.q_stride + static_cast<int64_t>(h * G + grp) * D;
+#pragma unroll
+    for (int j = 0; j < kJ; ++j) qf[j] = row_ok ? Load16(qrow + (j * 4 + t) * 8) : make_uint4(0, 0, 0, 0);
+  }
+  float* logit_row = nullptr;
+  if (p.accumulate_scores && row_ok) {
+    logit_row = a.logits +
+                ((static_cast<int64_t>(sh) * p.num_splits + split) * G + grp) * p.chunk_size - c0;
+  }
+
+  float m = kNegInf;
+  float l = 0.0f;
+  float o[kJ][4][2];
+#pragma unroll
+  for (int j = 0; j < kJ; ++j)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) o[j][e][0] = o[j][e][1] = 0.0f;
+
+  const uint4 zero = make_uint4(0, 0, 0, 0);
+  for (int kv0 = c0 + warp * kTile; kv0 < c1; kv0 += kWarps * kTile) {
+    // This lane loads rows kv0 + grp (n-tile 0) and kv0 + 8 + grp (n-tile 1).
+    const int r0 = kv0 + grp;
+    const int r1 = r0 + 8;
+    const int64_t s0 = r0 < c1 ? PhysSlot(list, r0, a.log2b) : -1;
+    const int64_t s1 = r1 < c1 ? PhysSlot(list, r1, a.log2b) : -1;
+    uint4 kf[2][kJ];
+    uint4 vf[2][kJ];
+#pragma unroll
+    for (int j = 0; j < kJ; ++j) {
+      const int off = (j * 4 + t) * 8;
+      kf[0][j] = s0 >= 0 ? Load16(p.cache.k + s0 * D + off) : zero;
+      kf[1][j] = s1 >= 0 ? Load16(p.cache.k + s1 * D + off) : zero;
+    }
+#pragma unroll
+    for (int j = 0; j < kJ; ++j) {
+      const int off = (j * 4 + t) * 8;
+      vf[0][j] = s0 >= 0 ? Load16(p.cache.v + s0 * D + off) : zero;
+      vf[1][j] = s1 >= 0 ? Load16(p.cache.v + s1 * D + off) : zero;
+    }
+
+    // Logits: row grp (query head), cols kv0 + nt*8 + 2t + {0,1}.
+    float acc[2][2] = {{0.0f, 0.0f}, {0.0f, 0.0f}};
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int j = 0; j < kJ; ++j) {
+        MmaTop(acc[nt], qf[j].x, qf[j].y, kf[nt][j].x, kf[nt][j].y);
+        MmaTop(acc[nt], qf[j].z, qf[j].w, kf[nt][j].z, kf[nt][j].w);
+      }
+    float sv[4];
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const int kv = kv0 + nt * 8 + 2 * t + e;
+        sv[nt * 2 + e] = kv < c1 ? acc[nt][e] * a.scale_log2 : kNegInf;
+        if (logit_row != nullptr && kv < c1) logit_row[kv] = sv[nt * 2 + e];
+      }
+    const float alpha = OnlineSoftmaxStep(sv, m, l);
+#pragma unroll
+    for (int j = 0; j < kJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        o[j][e][0] *= alpha;
+        o[j][e][1] *= alpha;
+      }
+    // P (row grp, k = kv 2t.. | 2t+8..) as the A operand; V^T tiles as B.
+    const uint32_t pa0 = PackBf16x2(sv[0], sv[1]);
+    const uint32_t pa2 = PackBf16x2(sv[2], sv[3]);
+#pragma unroll
+    for (int j = 0; j < kJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const uint32_t b0 = TransposeBf16x8x8(Component(vf[0][j], e));
+        const uint32_t b1 = TransposeBf16x8x8(Component(vf[1][j], e));
+        MmaTop(o[j][e], pa0, pa2, b0, b1);
+      }
+  }
+  l = QuadSum(l);
+
+  // Merge the warps: each writes its (m, l, O) of its rows; then every thread merges elements.
+  __shared__ float s_o[kWarps][kMaxGroup][D];
+  __shared__ float s_m[kWarps][kMaxGroup];
+  __shared__ float s_l[kWarps][kMaxGroup];
+  if (row_ok) {
+    if (t == 0) {
+      s_m[warp][grp] = m;
+      s_l[warp][grp] = l;
+    }
+#pragma unroll
+    for (int j = 0; j < kJ; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        *reinterpret_cast<float2*>(&s_o[warp][grp][(j * 4 + t) * 8 + 2 * e]) =
+            make_float2(o[j][e][0], o[j][e][1]);
+      }
+  }
+  __syncthreads();
+  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
+    const int g = idx / D;
+    const int d = idx - g * D;
+    float mm = kNegInf;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, s_m[w][g]);
+    float ll = 0.0f;
+    float oo = 0.0f;
+    if (mm != kNegInf) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = exp2f(s_m[w][g] - mm);
+        ll += s_l[w][g] * f;
+        oo += s_o[w][g][d] * f;
+      }
+    }
+    if (p.num_splits == 1) {
+      WriteFinal<D>(a, sh, g, d, oo, mm, ll);
+    } else {
+      const int64_t row = (static_cast<int64_t>(sh) * p.num_splits + split) * G + g;
+      a.part_o[row * D + d] = ll > 0.0f ? oo / ll : 0.0f;
+      if (d == 0) {
+        a.part_ml[row * 2] = mm;
+        a.part_ml[row * 2 + 1] = ll;
+      }
+    }
+  }
+}
+
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    DecodeCombineKernel(const __grid_constant__ DecodeArgs a) {
+  const DecodeAttentionParams& p = a.p;
+  const int sh = blockIdx.x;
+  const int G = a.group;
+  const int n = HeadLength(p, sh);
+  const int used = max(1, CeilDiv(n, p.chunk_size));
+  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
+    const int g = idx / D;
+    const int d = idx - g * D;
+    const int64_t row0 = static_cast<int64_t>(sh) * p.num_splits * G + g;
+    float mm = kNegInf;
+    for (int sp = 0; sp < used; ++sp) mm = fmaxf(mm, a.part_ml[(row0 + sp * G) * 2]);
+    float ll = 0.0f;
+    float oo = 0.0f;
+    if (mm != kNegInf) {
+      for (int sp = 0; sp < used; ++sp) {
+        const int64_t row = row0 + static_cast<int64_t>(sp) * G;
+        const float w = a.part_ml[row * 2 + 1] * exp2f(a.part_ml[row * 2] - mm);
+        ll += w;
+        oo += w * a.part_o[row * D + d];
+      }
+    }
+    WriteFinal<D>(a, sh, g, d, oo, mm, ll);
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) DecodeScoreKernel(const __grid_constant__ DecodeArgs a) {
+  const DecodeAttentionParams& p = a.p;
+  const int sh = blockIdx.x;
+  const int split = blockIdx.y;
+  const int n = HeadLength(p, sh);
+  const int c0 = split * p.chunk_size;
+  if (c0 >= n) return;
+  const int c1 = min(n, c0 + p.chunk_size);
+  const int G = a.group;
+  const int32_t* list = p.tables.block_ids + __ldg(p.tables.table_offsets + sh);
+  float lse2[kMaxGroup];
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g) lse2[g] = g < G ? a.lse2[static_cast<int64_t>(sh) * G + g] : 0.0f;
+  const float* logits = a.logits + (static_cast<int64_t>(sh) * p.num_splits + split) * G * p.chunk_size;
+  for (int i = c0 + threadIdx.x; i < c1; i += kThreads) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) {
+      if (g < G) sum += exp2f(2.0f * (logits[g * p.chunk_size + (i - c0)] - lse2[g]));
+    }
+    p.cache.scores[PhysSlot(list, i, a.log2b)] += sum;
+  }
+}
+
+}  // namespace
+
+template <int kHeadDim>
+cudaError_t LaunchDecodeAttention(const DecodeAttentionParams& p, cudaStream_t stream) {
+  const int heads = p.tables.num_seqs * p.tables.num_kv_heads;
+  if (heads == 0) return cudaSuccess;
+  DecodeArgs a;
+  a.p = p;
+  a.group = p.num_q_heads / p.tables.num_kv_heads;
+  a.log2b = Log2Pow2(p.cache.block_size);
+  a.scale_log2 = p.scale * kLog2e;
+  a.q_stride = p.q_stride ? p.q_stride : static_cast<int64_t>(p.num_q_heads) * kHeadDim;
+  a.out_stride = p.out_stride ? p.out_stride : static_cast<int64_t>(p.num_q_heads) * kHeadDim;
+  const DecodeWorkspaceLayout w =
+      DecodeWorkspace(p.tables.num_seqs, p.tables.num_kv_heads, a.group, kHeadDim, p.num_splits,
+                      p.chunk_size, p.accumulate_scores);
+  char* base = static_cast<char*>(p.workspace);
+  a.lse2 = reinterpret_cast<float*>(base + w.lse2);
+  a.part_o = reinterpret_cast<float*>(base + w.part_o);
+  a.part_ml = reinterpret_cast<float*>(base + w.part_ml);
+  a.logits = reinterpret_cast<float*>(base + w.logits);
+
+  const dim3 grid(heads, p.num_splits);
+  DecodeSplitKernel<kHeadDim><<<grid, kThreads, 0, stream>>>(a);
+  if (p.num_splits > 1) DecodeCombineKernel<kHeadDim><<<heads, kThreads, 0, stream>>>(a);
+  if (p.accumulate_scores) DecodeScoreKernel<<<grid, kThreads, 0, stream>>>(a);
+  return cudaGetLastError();
+}
+
+template cudaError_t LaunchDecodeAttention<64>(const DecodeAttentionParams&, cudaStream_t);
+template cudaError_t LaunchDecodeAttention<128>(const DecodeAttentionParams&, cudaStream_t);
+
+}  // namespace kvc::kernels::internal
