@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
@@ -189,6 +190,7 @@ grpc::Status InferenceService::GenerateImpl(grpc::ServerContext* ctx,
     bool client_gone = false;
     int32_t completion_tokens = 0;
     auto last_chunk = t0;
+    std::optional<double> first_token_seconds;
     v1::WorkerGenerateResponse wresp;
     while (reader->Read(&wresp)) {
       v1::GenerateResponse out;
@@ -208,27 +210,25 @@ grpc::Status InferenceService::GenerateImpl(grpc::ServerContext* ctx,
       }
       out.set_text(text);
       if (stopped) {
-        out.set_finish_reason(v1::FINISH_REASON_STOP);
-        out.mutable_usage()->set_prompt_tokens(wreq.prompt_token_ids_size());
-        out.mutable_usage()->set_completion_tokens(completion_tokens);
+        // The text up to the stop string goes out now; the final message (with the worker's
+        // usage) follows once the worker has released the sequence.
       } else if (wresp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
         out.set_finish_reason(wresp.finish_reason());
         *out.mutable_usage() = wresp.usage();
         *out.mutable_timings() = wresp.timings();
-        out.mutable_timings()->set_total_seconds(SecondsSince(t0));
-        out.mutable_timings()->set_first_token_seconds(
-            std::chrono::duration<double>(last_chunk - t0).count());
       }
       const auto now = std::chrono::steady_clock::now();
       if (!got_any) {
-        if (ttft_) ttft_->Observe(SecondsSince(t0));
-        if (out.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
-          out.mutable_timings()->set_first_token_seconds(SecondsSince(t0));
-        }
+        first_token_seconds = std::chrono::duration<double>(now - t0).count();
+        if (ttft_) ttft_->Observe(*first_token_seconds);
       } else if (itl_) {
         itl_->Observe(std::chrono::duration<double>(now - last_chunk).count());
       }
-      if (!got_any) last_chunk = now;
+      if (out.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+        // Router-side timings: what the client saw (the worker's queue time is kept).
+        out.mutable_timings()->set_first_token_seconds(first_token_seconds.value_or(0));
+        out.mutable_timings()->set_total_seconds(SecondsSince(t0));
+      }
       got_any = true;
       last_chunk = now;
       if (generated_tokens_) generated_tokens_->Increment(wresp.token_ids_size());
@@ -238,7 +238,32 @@ grpc::Status InferenceService::GenerateImpl(grpc::ServerContext* ctx,
         break;
       }
       if (stopped) {
-        wctx.TryCancel();  // the worker aborts the sequence and frees its blocks
+        // Abort the sequence on the worker (its blocks are freed) and wait for its final
+        // message, which carries the usage (KVs held, compression ratio) of the request.
+        grpc::ClientContext actx;
+        actx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        v1::AbortRequest abort;
+        abort.set_request_id(request_id);
+        v1::AbortResponse aresp;
+        grpc::Status as = w->worker->Abort(&actx, abort, &aresp);
+        if (!as.ok()) wctx.TryCancel();
+        v1::GenerateResponse fin;
+        fin.set_request_id(request_id);
+        fin.set_worker(w->address);
+        fin.set_finish_reason(v1::FINISH_REASON_STOP);
+        fin.mutable_usage()->set_prompt_tokens(wreq.prompt_token_ids_size());
+        fin.mutable_usage()->set_completion_tokens(completion_tokens);
+        while (as.ok() && reader->Read(&wresp)) {
+          if (wresp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) {
+            *fin.mutable_usage() = wresp.usage();
+            *fin.mutable_timings() = wresp.timings();
+          }
+        }
+        // Tokens generated after the stop string are not returned or counted.
+        fin.mutable_usage()->set_completion_tokens(completion_tokens);
+        fin.mutable_timings()->set_first_token_seconds(first_token_seconds.value_or(0));
+        fin.mutable_timings()->set_total_seconds(SecondsSince(t0));
+        if (!writer->Write(fin)) client_gone = true;
         break;
       }
     }
@@ -248,7 +273,7 @@ grpc::Status InferenceService::GenerateImpl(grpc::ServerContext* ctx,
       active_.erase(ctx);
     }
     pool_->Release(w);
-    if (stopped) return grpc::Status::OK;
+    if (stopped && !client_gone) return grpc::Status::OK;
     if (client_gone || ctx->IsCancelled()) {
       return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled by the client");
     }

@@ -236,6 +236,13 @@ TEST_F(ClusterTest, StopStringsEndTheStreamWithoutTheStopText) {
   ASSERT_TRUE(r.ok()) << r.status();
   EXPECT_EQ(r->finish_reason, v1::FINISH_REASON_STOP);
   EXPECT_EQ(r->text, full->text.substr(0, full->text.find(stop)));
+  // The final usage comes from the worker, which released the sequence.
+  EXPECT_GT(r->usage.kvs_held(), 0);
+  EXPECT_GT(r->usage.kvs_uncompressed(), 0);
+  EXPECT_LE(r->usage.completion_tokens(), 32);
+  EXPECT_GT(r->timings.total_seconds(), 0);
+  EXPECT_GT(r->timings.first_token_seconds(), 0);
+  EXPECT_LE(r->timings.first_token_seconds(), r->timings.total_seconds());
 }
 
 TEST_F(ClusterTest, EveryProcessServesMetrics) {
