@@ -191,6 +191,7 @@ int main(int argc, char** argv) {
         if (blocks_per_set * sets > max_blocks) {
           std::printf("%6d %7d %7s %9.0f   skipped: KV does not fit\n", batch, ctx,
                       ragged ? "ragged" : "uniform", kv_bytes / double(1 << 20));
+          std::fflush(stdout);
           continue;
         }
         // Tables of every set: shuffled distinct blocks.
@@ -224,12 +225,21 @@ int main(int argc, char** argv) {
 
         double us[2] = {0, 0};
         int splits = 0;
-        for (int with_scores = 0; with_scores < 2; ++with_scores) {
-          const kernels::DecodeAttentionPlan plan = kernels::MakeDecodeAttentionPlan(
-              batch, kKvHeads, kQHeads, kHeadDim, max_n, sms, with_scores != 0);
+        kernels::DecodeAttentionPlan plans[2];
+        for (int w = 0; w < 2; ++w) {
+          plans[w] = kernels::MakeDecodeAttentionPlan(batch, kKvHeads, kQHeads, kHeadDim, max_n,
+                                                      sms, w != 0);
+        }
+        void* ws = nullptr;
+        if (cudaMalloc(&ws, std::max<int64_t>(plans[1].workspace_bytes, 256)) != cudaSuccess) {
+          cudaGetLastError();  // clear the allocation error
+          std::printf("%6d %7d %7s %9.0f   skipped: workspace does not fit\n", batch, ctx,
+                      ragged ? "ragged" : "uniform", kv_bytes / double(1 << 20));
+          ws = nullptr;
+        }
+        for (int with_scores = 0; ws != nullptr && with_scores < 2; ++with_scores) {
+          const kernels::DecodeAttentionPlan& plan = plans[with_scores];
           splits = plan.num_splits;
-          void* ws = nullptr;
-          BENCH_CUDA(cudaMalloc(reinterpret_cast<void**>(&ws), std::max<int64_t>(plan.workspace_bytes, 256)));
           kernels::DecodeAttentionParams p;
           p.cache.k = k_pool;
           p.cache.v = v_pool;
@@ -256,8 +266,17 @@ int main(int argc, char** argv) {
             pi.tables.table_offsets = d_offsets + static_cast<size_t>(i % sets) * heads;
             BENCH_OK(kernels::DecodeAttention(pi, nullptr));
           });
-          BENCH_CUDA(cudaFree(ws));
           if (quick) break;
+        }
+        const bool ran = ws != nullptr;
+        if (ran) BENCH_CUDA(cudaFree(ws));
+        if (!ran) {
+          BENCH_CUDA(cudaFree(d_ids));
+          BENCH_CUDA(cudaFree(d_offsets));
+          BENCH_CUDA(cudaFree(d_lengths));
+          BENCH_CUDA(cudaFree(d_q));
+          BENCH_CUDA(cudaFree(d_out));
+          continue;
         }
         Result r;
         r.batch = batch;

@@ -55,6 +55,15 @@ __device__ __forceinline__ float2 UnpackBf16x2(uint32_t u) {
 __device__ __forceinline__ uint4 Load16(const Bf16* p) {
   return __ldg(reinterpret_cast<const uint4*>(p));
 }
+// 16-byte streaming load (read once: no L1 allocation; the L2 fetches the enclosing 256 bytes,
+// i.e. a whole 128-dim bf16 K/V row, in one DRAM request).
+__device__ __forceinline__ uint4 LoadStream16(const Bf16* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
 __device__ __forceinline__ void Store16(Bf16* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
 
 __device__ __forceinline__ uint32_t Component(const uint4& v, int e) {

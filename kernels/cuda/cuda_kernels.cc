@@ -112,20 +112,36 @@ DecodeAttentionPlan MakeDecodeAttentionPlan(int32_t num_seqs, int32_t num_kv_hea
                                             int32_t num_q_heads, int32_t head_dim,
                                             int32_t max_num_kvs, int32_t num_sms,
                                             bool accumulate_scores) {
-  constexpr int32_t kMinChunk = 128;
+  // Cost model, in units of "one KV read by one CTA slot": CTAs of a split run in waves of
+  // `slots` (all CTAs of a full-length head do equal work), each CTA costs its chunk plus a fixed
+  // overhead (query load, warp merge, partial write), and every split adds combine work.
+  constexpr int64_t kCtaOverheadKvs = 48;
+  constexpr int64_t kCombinePerSplit = 2;
+  constexpr int32_t kMaxSplits = 1024;
   const int64_t heads = std::max<int64_t>(1, static_cast<int64_t>(num_seqs) * num_kv_heads);
   const int32_t max_n = std::max(max_num_kvs, 1);
-  const int64_t target = 2LL * internal::DecodeCtasPerSm(head_dim) * std::max(num_sms, 1);
-  int64_t splits = (target + heads - 1) / heads;
-  splits = std::clamp<int64_t>(splits, 1, (max_n + kMinChunk - 1) / kMinChunk);
-  int32_t chunk = static_cast<int32_t>((max_n + splits - 1) / splits);
-  chunk = (chunk + 15) / 16 * 16;
+  const int64_t slots =
+      static_cast<int64_t>(internal::DecodeCtasPerSm(head_dim)) * std::max(num_sms, 1);
+  const int32_t max_splits = std::min(kMaxSplits, (max_n + 63) / 64);  // chunks >= 64 KVs
+  int32_t best_chunk = (max_n + 15) / 16 * 16;
+  int64_t best_cost = -1;
+  for (int32_t want = 1; want <= std::max(max_splits, 1); ++want) {
+    const int32_t chunk = ((max_n + want - 1) / want + 15) / 16 * 16;
+    const int32_t splits = (max_n + chunk - 1) / chunk;
+    if (splits != want) continue;  // same chunk as a smaller split count
+    const int64_t waves = (heads * splits + slots - 1) / slots;
+    const int64_t cost = waves * (chunk + kCtaOverheadKvs) + (splits > 1 ? splits * kCombinePerSplit : 0);
+    if (best_cost < 0 || cost < best_cost) {
+      best_cost = cost;
+      best_chunk = chunk;
+    }
+  }
   DecodeAttentionPlan plan;
-  plan.num_splits = (max_n + chunk - 1) / chunk;
-  plan.chunk_size = chunk;
+  plan.chunk_size = best_chunk;
+  plan.num_splits = (max_n + best_chunk - 1) / best_chunk;
   const int32_t group = num_kv_heads > 0 ? num_q_heads / num_kv_heads : 1;
   plan.workspace_bytes = DecodeWorkspace(num_seqs, num_kv_heads, group, head_dim, plan.num_splits,
-                                         chunk, accumulate_scores)
+                                         best_chunk, accumulate_scores)
                              .total;
   return plan;
 }

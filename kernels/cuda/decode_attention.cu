@@ -8,7 +8,7 @@
 //      with one tensor-core MMA per 16 KV x 16 dims (G query rows of 16; rows G.. are zero),
 //      online softmax, P·V with V transposed in registers. Warps merge through shared memory.
 //      splits == 1: writes out/lse; else: per-split partial (O/L, max, sum) to the workspace.
-//   2. DecodeCombineKernel (splits > 1) grid (S*H): merges the partials, writes out/lse.
+//   2. DecodeCombineKernel (splits > 1) grid (S*H, G): merges the partials, writes out/lse.
 //   3. DecodeScoreKernel   (accumulate_scores) grid (S*H, splits): scores[slot] +=
 //      sum_g exp2(2 (logit_g - lse2_g)) from the logits kernel 1 stored, with the final LSE.
 #include "kernels/cuda/common.cuh"
@@ -111,14 +111,14 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int j = 0; j < kJ; ++j) {
       const int off = (j * 4 + t) * 8;
-      kf[0][j] = s0 >= 0 ? Load16(p.cache.k + s0 * D + off) : zero;
-      kf[1][j] = s1 >= 0 ? Load16(p.cache.k + s1 * D + off) : zero;
+      kf[0][j] = s0 >= 0 ? LoadStream16(p.cache.k + s0 * D + off) : zero;
+      kf[1][j] = s1 >= 0 ? LoadStream16(p.cache.k + s1 * D + off) : zero;
     }
 #pragma unroll
     for (int j = 0; j < kJ; ++j) {
       const int off = (j * 4 + t) * 8;
-      vf[0][j] = s0 >= 0 ? Load16(p.cache.v + s0 * D + off) : zero;
-      vf[1][j] = s1 >= 0 ? Load16(p.cache.v + s1 * D + off) : zero;
+      vf[0][j] = s0 >= 0 ? LoadStream16(p.cache.v + s0 * D + off) : zero;
+      vf[1][j] = s1 >= 0 ? LoadStream16(p.cache.v + s1 * D + off) : zero;
     }
 
     // Logits: row grp (query head), cols kv0 + nt*8 + 2t + {0,1}.
@@ -208,28 +208,69 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// One CTA per (head, query head g): warp w merges splits w, w+4, ... of the row with an online
+// rescale (lane holds D/32 consecutive elements), then the 4 warps merge through shared memory.
 template <int D>
 __global__ void __launch_bounds__(kThreads)
     DecodeCombineKernel(const __grid_constant__ DecodeArgs a) {
+  constexpr int kV = D / 32;
   const DecodeAttentionParams& p = a.p;
   const int sh = blockIdx.x;
+  const int g = blockIdx.y;
   const int G = a.group;
   const int n = HeadLength(p, sh);
   const int used = max(1, CeilDiv(n, p.chunk_size));
-  for (int idx = threadIdx.x; idx < G * D; idx += kThreads) {
-    const int g = idx / D;
-    const int d = idx - g * D;
-    const int64_t row0 = static_cast<int64_t>(sh) * p.num_splits * G + g;
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int64_t row0 = static_cast<int64_t>(sh) * p.num_splits * G + g;
+  float m = kNegInf;
+  float l = 0.0f;
+  float acc[kV];
+#pragma unroll
+  for (int i = 0; i < kV; ++i) acc[i] = 0.0f;
+#pragma unroll 4
+  for (int sp = warp; sp < used; sp += kWarps) {
+    const int64_t row = row0 + static_cast<int64_t>(sp) * G;
+    const float2 ml = *reinterpret_cast<const float2*>(a.part_ml + row * 2);
+    const float* po = a.part_o + row * D + lane * kV;
+    float v[kV];
+#pragma unroll
+    for (int i = 0; i < kV; i += 2) {
+      const float2 x = *reinterpret_cast<const float2*>(po + i);
+      v[i] = x.x;
+      v[i + 1] = x.y;
+    }
+    if (ml.y == 0.0f) continue;  // empty split (warp-uniform)
+    const float m_new = fmaxf(m, ml.x);
+    const float fa = exp2f(m - m_new);
+    const float fb = ml.y * exp2f(ml.x - m_new);
+#pragma unroll
+    for (int i = 0; i < kV; ++i) acc[i] = acc[i] * fa + fb * v[i];
+    l = l * fa + fb;
+    m = m_new;
+  }
+  __shared__ float s_acc[kWarps][D];
+  __shared__ float s_m[kWarps];
+  __shared__ float s_l[kWarps];
+  if (lane == 0) {
+    s_m[warp] = m;
+    s_l[warp] = l;
+  }
+#pragma unroll
+  for (int i = 0; i < kV; ++i) s_acc[warp][lane * kV + i] = acc[i];
+  __syncthreads();
+  for (int d = threadIdx.x; d < D; d += kThreads) {
     float mm = kNegInf;
-    for (int sp = 0; sp < used; ++sp) mm = fmaxf(mm, a.part_ml[(row0 + sp * G) * 2]);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mm = fmaxf(mm, s_m[w]);
     float ll = 0.0f;
     float oo = 0.0f;
     if (mm != kNegInf) {
-      for (int sp = 0; sp < used; ++sp) {
-        const int64_t row = row0 + static_cast<int64_t>(sp) * G;
-        const float w = a.part_ml[row * 2 + 1] * exp2f(a.part_ml[row * 2] - mm);
-        ll += w;
-        oo += w * a.part_o[row * D + d];
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float f = exp2f(s_m[w] - mm);
+        ll += s_l[w] * f;
+        oo += s_acc[w][d] * f;
       }
     }
     WriteFinal<D>(a, sh, g, d, oo, mm, ll);
@@ -284,7 +325,9 @@ cudaError_t LaunchDecodeAttention(const DecodeAttentionParams& p, cudaStream_t s
 
   const dim3 grid(heads, p.num_splits);
   DecodeSplitKernel<kHeadDim><<<grid, kThreads, 0, stream>>>(a);
-  if (p.num_splits > 1) DecodeCombineKernel<kHeadDim><<<heads, kThreads, 0, stream>>>(a);
+  if (p.num_splits > 1) {
+    DecodeCombineKernel<kHeadDim><<<dim3(heads, a.group), kThreads, 0, stream>>>(a);
+  }
   if (p.accumulate_scores) DecodeScoreKernel<<<grid, kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }

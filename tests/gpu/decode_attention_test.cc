@@ -194,7 +194,7 @@ TEST(DecodeAttentionValidation, RejectsUnsupportedAndInconsistentParams) {
   std::mt19937 rng(1);
   PagedFixture f;
   f.Build(1, 2, 128, 16, {5, 9}, {{0, 1, 2, 3, 4}, {0, 1, 2, 3, 4, 5, 6, 7, 8}}, rng);
-  DeviceBuffer<Bf16> d_q(4 * 128);
+  DeviceBuffer<Bf16> d_q(RandomBf16(4 * 128, rng));
   DeviceBuffer<Bf16> d_out(4 * 128);
   DeviceBuffer<char> d_ws(1 << 20);
   kernels::DecodeAttentionParams p;

@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <limits>
 #include <numeric>
@@ -125,8 +126,10 @@ struct ErrorStats {
 
   bool Ok(double tol) const { return non_finite == 0 && rel <= tol; }
   std::string Str() const {
-    return "rel " + std::to_string(rel) + ", max_abs " + std::to_string(max_abs) +
-           ", non-finite " + std::to_string(non_finite) + " of " + std::to_string(count);
+    char buf[128];
+    std::snprintf(buf, sizeof(buf), "rel %.3g, max_abs %.3g, non-finite %lld of %lld", rel,
+                  max_abs, static_cast<long long>(non_finite), static_cast<long long>(count));
+    return buf;
   }
 };
 
