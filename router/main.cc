@@ -1,9 +1,5 @@
 // kvc-router: the public entry point (kvc.v1.Inference). Tokenizes, validates, routes to
 // kvc-worker processes, streams text back; grpc.health.v1 and Prometheus /metrics.
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <unistd.h>
 
 #include <string>
 #include <vector>
@@ -14,8 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/logging.h"
+#include "common/grpc_server.h"
 #include "common/metrics.h"
-#include "common/metrics_http.h"
 #include "common/process.h"
 #include "common/status_macros.h"
 #include "model/tokenizer.h"
@@ -59,39 +55,18 @@ absl::Status Run() {
   options.max_attempts = absl::GetFlag(FLAGS_max_attempts);
   InferenceService service(tokenizer.get(), &pool, options, &metrics);
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int bound_port = 0;
-  const std::string addr =
-      absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
-  builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &bound_port);
-  builder.RegisterService(&service);
-  builder.SetMaxReceiveMessageSize(64 << 20);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || bound_port == 0) return absl::UnavailableError("cannot listen on " + addr);
-
-  MetricsHttpServer metrics_http(&metrics);
-  int metrics_port = -1;
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    ASSIGN_OR_RETURN(metrics_port, metrics_http.Start(absl::GetFlag(FLAGS_host),
-                                                      absl::GetFlag(FLAGS_metrics_port)));
-  }
-  KVC_LOG(INFO) << "kvc-router on " << absl::GetFlag(FLAGS_host) << ":" << bound_port
-                << " routing to " << addresses.size() << " worker(s)";
-  if (!absl::GetFlag(FLAGS_ready_file).empty()) {
-    RETURN_IF_ERROR(WriteReadyFile(absl::GetFlag(FLAGS_ready_file),
-                                   {{"grpc_port", std::to_string(bound_port)},
-                                    {"metrics_port", std::to_string(metrics_port)},
-                                    {"pid", std::to_string(getpid())}}));
-  }
-  int sig = WaitForShutdownSignal();
-  KVC_LOG(INFO) << "signal " << sig << ": shutting down";
-  server->GetHealthCheckService()->Shutdown();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  pool.Stop();
-  metrics_http.Stop();
-  return absl::OkStatus();
+  ServerOptions so;
+  so.host = absl::GetFlag(FLAGS_host);
+  so.port = absl::GetFlag(FLAGS_port);
+  so.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  so.ready_file = absl::GetFlag(FLAGS_ready_file);
+  return ServeUntilSignal(
+      so, {&service}, &metrics,
+      [&](int port) {
+        KVC_LOG(INFO) << "kvc-router on " << so.host << ":" << port << " routing to "
+                      << addresses.size() << " worker(s)";
+      },
+      [&] { pool.Stop(); });
 }
 
 }  // namespace

@@ -1,9 +1,6 @@
 // kvc-worker: one model replica on one device. Serves kvc.v1.Worker (token ids in, streamed token
 // ids out) and kvc.v1.KvManager (capacity and statistics) on one gRPC port, grpc.health.v1, and
 // Prometheus metrics on --metrics_port.
-#include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/grpcpp.h>
-#include <grpcpp/health_check_service_interface.h>
 
 #include <memory>
 #include <string>
@@ -13,8 +10,8 @@
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/grpc_server.h"
 #include "common/metrics.h"
-#include "common/metrics_http.h"
 #include "common/process.h"
 #include "common/status_macros.h"
 #include "kernels/include/kvc/kernels/device_info.h"
@@ -181,42 +178,20 @@ absl::Status Run() {
     return QueueDepth{engine.num_running(), engine.num_waiting()};
   });
 
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int bound_port = 0;
-  const std::string addr =
-      absl::StrCat(absl::GetFlag(FLAGS_host), ":", absl::GetFlag(FLAGS_port));
-  builder.AddListeningPort(addr, grpc::InsecureServerCredentials(), &bound_port);
-  builder.RegisterService(&worker_service);
-  builder.RegisterService(&kv_service);
-  builder.SetMaxReceiveMessageSize(64 << 20);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (!server || bound_port == 0) return absl::UnavailableError("cannot listen on " + addr);
-
-  MetricsHttpServer metrics_http(&metrics);
-  int metrics_port = -1;
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    ASSIGN_OR_RETURN(metrics_port,
-                     metrics_http.Start(absl::GetFlag(FLAGS_host), absl::GetFlag(FLAGS_metrics_port)));
-  }
-  engine.Start();
-  KVC_LOG(INFO) << "kvc-worker serving " << name << " (" << cfg.architecture << ", "
-                << engine.executor().backend() << ", " << num_blocks << " blocks of "
-                << block_size << ") on " << absl::GetFlag(FLAGS_host) << ":" << bound_port;
-  if (!absl::GetFlag(FLAGS_ready_file).empty()) {
-    RETURN_IF_ERROR(WriteReadyFile(absl::GetFlag(FLAGS_ready_file),
-                                   {{"grpc_port", std::to_string(bound_port)},
-                                    {"metrics_port", std::to_string(metrics_port)},
-                                    {"pid", std::to_string(getpid())}}));
-  }
-  int sig = WaitForShutdownSignal();
-  KVC_LOG(INFO) << "signal " << sig << ": shutting down";
-  server->GetHealthCheckService()->Shutdown();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
-  engine.Stop();
-  metrics_http.Stop();
-  return absl::OkStatus();
+  ServerOptions so;
+  so.host = absl::GetFlag(FLAGS_host);
+  so.port = absl::GetFlag(FLAGS_port);
+  so.metrics_port = absl::GetFlag(FLAGS_metrics_port);
+  so.ready_file = absl::GetFlag(FLAGS_ready_file);
+  return ServeUntilSignal(
+      so, {&worker_service, &kv_service}, &metrics,
+      [&](int port) {
+        engine.Start();
+        KVC_LOG(INFO) << "kvc-worker serving " << name << " (" << cfg.architecture << ", "
+                      << engine.executor().backend() << ", " << num_blocks << " blocks of "
+                      << block_size << ") on " << so.host << ":" << port;
+      },
+      [&] { engine.Stop(); });
 }
 
 }  // namespace
