@@ -1,7 +1,8 @@
 // Decode-attention benchmark: achieved bandwidth of kvc::kernels::DecodeAttention against a
 // device-to-device cudaMemcpy measured in the same run, on the device it runs on.
 //
-//   decode_attention_bench [--iters N] [--quick] [--json PATH]
+//   decode_attention_bench [--iters N] [--quick] [--json PATH] [--contiguous]
+//                          [--batches 1,4,..] [--ctxs 1024,..]
 //
 // Model shape: 32 query heads, 8 kv heads (GQA 4), head_dim 128, block 16, bf16 K/V. For batch
 // B in {1, 4, 16, 64, 256} and context C in {1k .. 128k} (points whose KV does not fit are
@@ -9,7 +10,8 @@
 // [0.1, 1] x C (a compressed cache). Bandwidth = bytes of K+V read / kernel time (CUDA events
 // around each launch, 3 warm-ups, median of N). Inputs rotate over enough copies that the
 // working set is >= 512 MiB, so small points do not run out of L2. Blocks are handed out in
-// shuffled order. The memcpy figure counts bytes read + written (2 x size / time).
+// shuffled order (--contiguous: each head's blocks are consecutive ids, a diagnostic of the cost
+// of scattered pages). The memcpy figure counts bytes read + written (2 x size / time).
 // "+scores" repeats the launch with decode-score accumulation on (same bytes counted).
 #include <cuda_runtime_api.h>
 
@@ -114,16 +116,39 @@ int main(int argc, char** argv) {
   using namespace kvc;
   int iters = 20;
   bool quick = false;
+  bool contiguous = false;
+  std::vector<int> batches = {1, 4, 16, 64, 256};
+  std::vector<int> ctxs = {1024, 4096, 16384, 32768, 65536, 131072};
+  auto parse_list = [](const char* s) {
+    std::vector<int> v;
+    for (const char* p = s; *p != 0;) {
+      v.push_back(std::atoi(p));
+      while (*p != 0 && *p != ',') ++p;
+      if (*p == ',') ++p;
+    }
+    return v;
+  };
   std::string json;
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--iters") && i + 1 < argc) {
       iters = std::atoi(argv[++i]);
     } else if (!std::strcmp(argv[i], "--quick")) {
       quick = true;
+      batches = {1, 16, 256};
+      ctxs = {1024, 16384, 131072};
+    } else if (!std::strcmp(argv[i], "--contiguous")) {
+      contiguous = true;
+    } else if (!std::strcmp(argv[i], "--batches") && i + 1 < argc) {
+      batches = parse_list(argv[++i]);
+    } else if (!std::strcmp(argv[i], "--ctxs") && i + 1 < argc) {
+      ctxs = parse_list(argv[++i]);
     } else if (!std::strcmp(argv[i], "--json") && i + 1 < argc) {
       json = argv[++i];
     } else {
-      std::fprintf(stderr, "usage: %s [--iters N] [--quick] [--json PATH]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--iters N] [--quick] [--json PATH] [--contiguous] "
+                   "[--batches B,..] [--ctxs C,..]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -157,17 +182,13 @@ int main(int argc, char** argv) {
 
   std::printf("device: %s, %d SMs, %.1f GiB; cudaMemcpy D2D %.0f GB/s (read+write, 1 GiB, median of %d)\n",
               prop.name, sms, total_bytes / double(1 << 30), memcpy_gbs, iters);
-  std::printf("decode attention: %d q heads, %d kv heads (GQA %d), head_dim %d, block %d, bf16 K/V\n",
-              kQHeads, kKvHeads, kQHeads / kKvHeads, kHeadDim, kBlock);
+  std::printf("decode attention: %d q heads, %d kv heads (GQA %d), head_dim %d, block %d, bf16 K/V, "
+              "%s blocks\n",
+              kQHeads, kKvHeads, kQHeads / kKvHeads, kHeadDim, kBlock,
+              contiguous ? "contiguous" : "shuffled");
   std::printf("%6s %7s %7s %9s %6s %5s %10s %8s %8s %12s\n", "batch", "ctx", "lengths", "KV MiB",
               "splits", "sets", "time_us", "GB/s", "%memcpy", "+scores_us");
 
-  std::vector<int> batches = {1, 4, 16, 64, 256};
-  std::vector<int> ctxs = {1024, 4096, 16384, 32768, 65536, 131072};
-  if (quick) {
-    batches = {1, 16, 256};
-    ctxs = {1024, 16384, 131072};
-  }
   std::mt19937 rng(12345);
   std::vector<Result> results;
   for (int ctx : ctxs) {
@@ -197,7 +218,7 @@ int main(int argc, char** argv) {
         // Tables of every set: shuffled distinct blocks.
         std::vector<int32_t> ids(blocks_per_set * sets);
         std::iota(ids.begin(), ids.end(), 0);
-        std::shuffle(ids.begin(), ids.end(), rng);
+        if (!contiguous) std::shuffle(ids.begin(), ids.end(), rng);
         std::vector<int32_t> offsets(static_cast<size_t>(heads) * sets);
         int64_t at = 0;
         for (int st = 0; st < sets; ++st)
