@@ -102,8 +102,13 @@ void WorkerPool::PollOnce() {
 
 absl::StatusOr<WorkerHandle*> WorkerPool::Acquire(const std::vector<int>& exclude) {
   absl::MutexLock lock(&mu_);
+  // Scan from a rotating start so that exact ties (idle workers with equal capacity) are spread
+  // round-robin instead of always landing on the first worker.
+  const size_t n = handles_.size();
+  const size_t start = n ? next_start_++ % n : 0;
   int best = -1;
-  for (size_t i = 0; i < handles_.size(); ++i) {
+  for (size_t k = 0; k < n; ++k) {
+    const size_t i = (start + k) % n;
     if (!state_[i].healthy) continue;
     if (std::find(exclude.begin(), exclude.end(), static_cast<int>(i)) != exclude.end()) continue;
     if (best < 0) {

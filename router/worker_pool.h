@@ -5,7 +5,7 @@
 //
 // Routing policy "least-loaded": among healthy workers, fewest in-flight requests; ties go to
 // the most effective free KV capacity (tokens that still fit at the worker's current compression
-// ratio), then to the lowest index. Thread-safe.
+// ratio), then round-robin. Thread-safe.
 #ifndef KVC_ROUTER_WORKER_POOL_H_
 #define KVC_ROUTER_WORKER_POOL_H_
 
@@ -73,6 +73,7 @@ class WorkerPool {
   mutable absl::Mutex mu_;
   std::vector<State> state_ ABSL_GUARDED_BY(mu_);
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  size_t next_start_ ABSL_GUARDED_BY(mu_) = 0;
   std::thread poller_;
   Family<Gauge>* up_ = nullptr;
   Family<Gauge>* in_flight_ = nullptr;
