@@ -30,24 +30,22 @@
 namespace kvc {
 namespace {
 
-#define BENCH_CUDA(expr)                                                                 \
-  do {                                                                                   \
-    const cudaError_t e_ = (expr);                                                       \
-    if (e_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,                  \
-                   cudaGetErrorString(e_));                                              \
-      std::exit(1);                                                                      \
-    }                                                                                    \
+#define BENCH_CUDA(expr)                                                                         \
+  do {                                                                                           \
+    const cudaError_t e_ = (expr);                                                               \
+    if (e_ != cudaSuccess) {                                                                     \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                              \
+    }                                                                                            \
   } while (0)
 
-#define BENCH_OK(expr)                                                                   \
-  do {                                                                                   \
-    const absl::Status s_ = (expr);                                                      \
-    if (!s_.ok()) {                                                                      \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,                  \
-                   s_.ToString().c_str());                                               \
-      std::exit(1);                                                                      \
-    }                                                                                    \
+#define BENCH_OK(expr)                                                                          \
+  do {                                                                                          \
+    const absl::Status s_ = (expr);                                                             \
+    if (!s_.ok()) {                                                                             \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, s_.ToString().c_str()); \
+      std::exit(1);                                                                             \
+    }                                                                                           \
   } while (0)
 
 constexpr int kKvHeads = 8;
@@ -94,9 +92,8 @@ double MemcpyBandwidthGBs(int iters) {
   BENCH_CUDA(cudaMalloc(reinterpret_cast<void**>(&src), bytes));
   BENCH_CUDA(cudaMalloc(reinterpret_cast<void**>(&dst), bytes));
   BENCH_CUDA(cudaMemset(src, 1, bytes));
-  const double ms = TimeMs(iters, [&](int) {
-    BENCH_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice));
-  });
+  const double ms = TimeMs(
+      iters, [&](int) { BENCH_CUDA(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice)); });
   BENCH_CUDA(cudaFree(src));
   BENCH_CUDA(cudaFree(dst));
   return 2.0 * bytes / (ms * 1e-3) / 1e9;
@@ -180,12 +177,14 @@ int main(int argc, char** argv) {
   BENCH_CUDA(cudaMalloc(reinterpret_cast<void**>(&scores), max_blocks * kBlock * sizeof(float)));
   BENCH_CUDA(cudaMemset(scores, 0, max_blocks * kBlock * sizeof(float)));
 
-  std::printf("device: %s, %d SMs, %.1f GiB; cudaMemcpy D2D %.0f GB/s (read+write, 1 GiB, median of %d)\n",
-              prop.name, sms, total_bytes / double(1 << 30), memcpy_gbs, iters);
-  std::printf("decode attention: %d q heads, %d kv heads (GQA %d), head_dim %d, block %d, bf16 K/V, "
-              "%s blocks\n",
-              kQHeads, kKvHeads, kQHeads / kKvHeads, kHeadDim, kBlock,
-              contiguous ? "contiguous" : "shuffled");
+  std::printf(
+      "device: %s, %d SMs, %.1f GiB; cudaMemcpy D2D %.0f GB/s (read+write, 1 GiB, median of %d)\n",
+      prop.name, sms, total_bytes / double(1 << 30), memcpy_gbs, iters);
+  std::printf(
+      "decode attention: %d q heads, %d kv heads (GQA %d), head_dim %d, block %d, bf16 K/V, "
+      "%s blocks\n",
+      kQHeads, kKvHeads, kQHeads / kKvHeads, kHeadDim, kBlock,
+      contiguous ? "contiguous" : "shuffled");
   std::printf("%6s %7s %7s %9s %6s %5s %10s %8s %8s %12s\n", "batch", "ctx", "lengths", "KV MiB",
               "splits", "sets", "time_us", "GB/s", "%memcpy", "+scores_us");
 
@@ -231,8 +230,10 @@ int main(int argc, char** argv) {
         BENCH_CUDA(cudaMalloc(reinterpret_cast<void**>(&d_offsets), offsets.size() * 4));
         BENCH_CUDA(cudaMalloc(reinterpret_cast<void**>(&d_lengths), lengths.size() * 4));
         BENCH_CUDA(cudaMemcpy(d_ids, ids.data(), ids.size() * 4, cudaMemcpyHostToDevice));
-        BENCH_CUDA(cudaMemcpy(d_offsets, offsets.data(), offsets.size() * 4, cudaMemcpyHostToDevice));
-        BENCH_CUDA(cudaMemcpy(d_lengths, lengths.data(), lengths.size() * 4, cudaMemcpyHostToDevice));
+        BENCH_CUDA(
+            cudaMemcpy(d_offsets, offsets.data(), offsets.size() * 4, cudaMemcpyHostToDevice));
+        BENCH_CUDA(
+            cudaMemcpy(d_lengths, lengths.data(), lengths.size() * 4, cudaMemcpyHostToDevice));
         const int32_t max_n = *std::max_element(lengths.begin(), lengths.end());
         const int64_t q_elems = int64_t{batch} * kQHeads * kHeadDim;
         kernels::Bf16 *d_q, *d_out;
@@ -283,10 +284,11 @@ int main(int argc, char** argv) {
           p.workspace = ws;
           p.workspace_bytes = plan.workspace_bytes;
           us[with_scores] = 1e3 * TimeMs(iters, [&](int i) {
-            kernels::DecodeAttentionParams pi = p;
-            pi.tables.table_offsets = d_offsets + static_cast<size_t>(i % sets) * heads;
-            BENCH_OK(kernels::DecodeAttention(pi, nullptr));
-          });
+                              kernels::DecodeAttentionParams pi = p;
+                              pi.tables.table_offsets =
+                                  d_offsets + static_cast<size_t>(i % sets) * heads;
+                              BENCH_OK(kernels::DecodeAttention(pi, nullptr));
+                            });
           if (quick) break;
         }
         const bool ran = ws != nullptr;

@@ -21,24 +21,22 @@
 
 namespace {
 
-#define BENCH_CUDA(expr)                                                                 \
-  do {                                                                                   \
-    const cudaError_t e_ = (expr);                                                       \
-    if (e_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,                  \
-                   cudaGetErrorString(e_));                                              \
-      std::exit(1);                                                                      \
-    }                                                                                    \
+#define BENCH_CUDA(expr)                                                                         \
+  do {                                                                                           \
+    const cudaError_t e_ = (expr);                                                               \
+    if (e_ != cudaSuccess) {                                                                     \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(e_)); \
+      std::exit(1);                                                                              \
+    }                                                                                            \
   } while (0)
 
-#define BENCH_OK(expr)                                                                   \
-  do {                                                                                   \
-    const absl::Status s_ = (expr);                                                      \
-    if (!s_.ok()) {                                                                      \
-      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr,                  \
-                   s_.ToString().c_str());                                               \
-      std::exit(1);                                                                      \
-    }                                                                                    \
+#define BENCH_OK(expr)                                                                          \
+  do {                                                                                          \
+    const absl::Status s_ = (expr);                                                             \
+    if (!s_.ok()) {                                                                             \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #expr, s_.ToString().c_str()); \
+      std::exit(1);                                                                             \
+    }                                                                                           \
   } while (0)
 
 constexpr int kKvHeads = 8;
@@ -92,8 +90,9 @@ int main(int argc, char** argv) {
   cudaDeviceProp prop;
   BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
   std::printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
-  std::printf("prefill attention: %d q heads, %d kv heads (GQA %d), head_dim %d, block %d, causal\n",
-              kQHeads, kKvHeads, kQHeads / kKvHeads, kHeadDim, kBlock);
+  std::printf(
+      "prefill attention: %d q heads, %d kv heads (GQA %d), head_dim %d, block %d, causal\n",
+      kQHeads, kKvHeads, kQHeads / kKvHeads, kHeadDim, kBlock);
   std::printf("%6s %7s %10s %9s %14s\n", "batch", "n", "time_us", "TFLOP/s", "window32_us");
   const int total_tokens = 32768;
   for (int n : {512, 2048, 8192, 32768}) {
@@ -104,22 +103,26 @@ int main(int argc, char** argv) {
     kernels::Bf16* k = Alloc<kernels::Bf16>(num_blocks * kBlock * kHeadDim);
     kernels::Bf16* v = Alloc<kernels::Bf16>(num_blocks * kBlock * kHeadDim);
     kernels::Bf16* q = Alloc<kernels::Bf16>(static_cast<size_t>(total_tokens) * kQHeads * kHeadDim);
-    kernels::Bf16* out = Alloc<kernels::Bf16>(static_cast<size_t>(total_tokens) * kQHeads * kHeadDim);
+    kernels::Bf16* out =
+        Alloc<kernels::Bf16>(static_cast<size_t>(total_tokens) * kQHeads * kHeadDim);
     float* lse = Alloc<float>(static_cast<size_t>(total_tokens) * kQHeads);
     float* scores = Alloc<float>(num_blocks * kBlock);
     int32_t* positions = Alloc<int32_t>(num_blocks * kBlock);
     for (kernels::Bf16* p : {k, v, q}) {
       kernels::FillRandomParams fp;
       fp.data = p;
-      fp.n = (p == q ? static_cast<int64_t>(total_tokens) * kQHeads : num_blocks * kBlock) * kHeadDim;
+      fp.n =
+          (p == q ? static_cast<int64_t>(total_tokens) * kQHeads : num_blocks * kBlock) * kHeadDim;
       fp.seed = reinterpret_cast<uintptr_t>(p);
       BENCH_OK(kernels::FillRandom(fp, nullptr));
     }
     // Head hd's blocks are hd * blocks_per_head + j; slot i holds position i.
-    std::vector<int32_t> ids(num_blocks), offsets(heads), counts(heads, n), pos(num_blocks * kBlock);
+    std::vector<int32_t> ids(num_blocks), offsets(heads), counts(heads, n),
+        pos(num_blocks * kBlock);
     for (int64_t i = 0; i < num_blocks; ++i) ids[i] = static_cast<int32_t>(i);
     for (int h = 0; h < heads; ++h) offsets[h] = h * blocks_per_head;
-    for (int64_t i = 0; i < num_blocks * kBlock; ++i) pos[i] = static_cast<int32_t>(i % (blocks_per_head * kBlock));
+    for (int64_t i = 0; i < num_blocks * kBlock; ++i)
+      pos[i] = static_cast<int32_t>(i % (blocks_per_head * kBlock));
     std::vector<int32_t> cu(batch + 1), qpos(total_tokens);
     for (int s = 0; s <= batch; ++s) cu[s] = s * n;
     for (int t = 0; t < total_tokens; ++t) qpos[t] = t % n;
@@ -182,11 +185,11 @@ int main(int argc, char** argv) {
     std::printf("%6d %7d %10.1f %9.1f %14.1f\n", batch, n, ms * 1e3, flops / (ms * 1e-3) / 1e12,
                 wms * 1e3);
     std::fflush(stdout);
-    for (void* ptr : {static_cast<void*>(k), static_cast<void*>(v), static_cast<void*>(q),
-                      static_cast<void*>(out), static_cast<void*>(lse), static_cast<void*>(scores),
-                      static_cast<void*>(positions), static_cast<void*>(d_ids),
-                      static_cast<void*>(d_off), static_cast<void*>(d_cnt),
-                      static_cast<void*>(d_cu), static_cast<void*>(d_qpos), ws}) {
+    for (void* ptr :
+         {static_cast<void*>(k), static_cast<void*>(v), static_cast<void*>(q),
+          static_cast<void*>(out), static_cast<void*>(lse), static_cast<void*>(scores),
+          static_cast<void*>(positions), static_cast<void*>(d_ids), static_cast<void*>(d_off),
+          static_cast<void*>(d_cnt), static_cast<void*>(d_cu), static_cast<void*>(d_qpos), ws}) {
       BENCH_CUDA(cudaFree(ptr));
     }
   }

@@ -18,9 +18,7 @@ namespace {
 
 using internal::DecodeWorkspace;
 
-absl::Status Invalid(const std::string& what) {
-  return absl::InvalidArgumentError(what);
-}
+absl::Status Invalid(const std::string& what) { return absl::InvalidArgumentError(what); }
 
 absl::Status FromCuda(cudaError_t err, const char* kernel) {
   if (err == cudaSuccess) return absl::OkStatus();
@@ -67,8 +65,8 @@ absl::Status CheckCache(const char* kernel, const PagedKvCache& c, bool need_sco
 
 absl::Status CheckTables(const char* kernel, const HeadTables& t) {
   if (t.num_seqs < 0 || t.num_kv_heads <= 0) {
-    return Invalid(absl::StrCat(kernel, ": tables.num_seqs ", t.num_seqs,
-                                " / tables.num_kv_heads ", t.num_kv_heads, " out of range"));
+    return Invalid(absl::StrCat(kernel, ": tables.num_seqs ", t.num_seqs, " / tables.num_kv_heads ",
+                                t.num_kv_heads, " out of range"));
   }
   if (t.max_num_kvs < 0) return Invalid(absl::StrCat(kernel, ": tables.max_num_kvs < 0"));
   if (t.num_seqs > 0 &&
@@ -130,7 +128,8 @@ DecodeAttentionPlan MakeDecodeAttentionPlan(int32_t num_seqs, int32_t num_kv_hea
     const int32_t splits = (max_n + chunk - 1) / chunk;
     if (splits != want) continue;  // same chunk as a smaller split count
     const int64_t waves = (heads * splits + slots - 1) / slots;
-    const int64_t cost = waves * (chunk + kCtaOverheadKvs) + (splits > 1 ? splits * kCombinePerSplit : 0);
+    const int64_t cost =
+        waves * (chunk + kCtaOverheadKvs) + (splits > 1 ? splits * kCombinePerSplit : 0);
     if (best_cost < 0 || cost < best_cost) {
       best_cost = cost;
       best_chunk = chunk;
@@ -146,9 +145,9 @@ DecodeAttentionPlan MakeDecodeAttentionPlan(int32_t num_seqs, int32_t num_kv_hea
   return plan;
 }
 
-int64_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_kv_heads,
-                                      int32_t num_q_heads, int32_t head_dim, int32_t num_splits,
-                                      int32_t chunk_size, bool accumulate_scores) {
+int64_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_kv_heads, int32_t num_q_heads,
+                                      int32_t head_dim, int32_t num_splits, int32_t chunk_size,
+                                      bool accumulate_scores) {
   const int32_t group = num_kv_heads > 0 ? num_q_heads / num_kv_heads : 1;
   return DecodeWorkspace(num_seqs, num_kv_heads, group, head_dim, num_splits, chunk_size,
                          accumulate_scores)
@@ -167,8 +166,8 @@ absl::Status DecodeAttention(const DecodeAttentionParams& p, StreamHandle stream
     return Invalid(absl::StrCat(kName, ": num_splits ", p.num_splits, " not in [1, 65535]"));
   }
   if (p.chunk_size <= 0 || p.chunk_size % 16 != 0) {
-    return Invalid(absl::StrCat(kName, ": chunk_size ", p.chunk_size,
-                                " must be a positive multiple of 16"));
+    return Invalid(
+        absl::StrCat(kName, ": chunk_size ", p.chunk_size, " must be a positive multiple of 16"));
   }
   if (static_cast<int64_t>(p.chunk_size) * p.num_splits < p.tables.max_num_kvs) {
     return Invalid(absl::StrCat(kName, ": num_splits * chunk_size < tables.max_num_kvs ",
@@ -269,8 +268,8 @@ absl::Status Rope(const RopeParams& p, StreamHandle stream) {
   constexpr const char* kName = "Rope";
   if (p.num_tokens < 0 || p.num_heads < 0 || p.head_dim <= 0 || p.head_dim % 2 != 0 ||
       p.head_dim > 256) {
-    return Invalid(absl::StrCat(kName, ": num_tokens ", p.num_tokens, " / num_heads ",
-                                p.num_heads, " / head_dim ", p.head_dim, " out of range"));
+    return Invalid(absl::StrCat(kName, ": num_tokens ", p.num_tokens, " / num_heads ", p.num_heads,
+                                " / head_dim ", p.head_dim, " out of range"));
   }
   if (p.num_tokens == 0 || p.num_heads == 0) return absl::OkStatus();
   if (p.x == nullptr || p.positions == nullptr || p.inv_freq == nullptr) {
@@ -282,8 +281,8 @@ absl::Status Rope(const RopeParams& p, StreamHandle stream) {
 absl::Status SwiGlu(const SwiGluParams& p, StreamHandle stream) {
   constexpr const char* kName = "SwiGlu";
   if (p.rows < 0 || p.dim < 0 || p.dim % 8 != 0) {
-    return Invalid(absl::StrCat(kName, ": rows ", p.rows, " / dim ", p.dim,
-                                " (dim must be a multiple of 8)"));
+    return Invalid(
+        absl::StrCat(kName, ": rows ", p.rows, " / dim ", p.dim, " (dim must be a multiple of 8)"));
   }
   if (p.rows == 0 || p.dim == 0) return absl::OkStatus();
   RETURN_IF_ERROR(CheckRows(kName, "gate", p.gate, p.gate_stride, true));

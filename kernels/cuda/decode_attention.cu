@@ -83,7 +83,8 @@ __global__ void __launch_bounds__(kThreads)
   {
     const Bf16* qrow = p.q + s * a.q_stride + static_cast<int64_t>(h * G + grp) * D;
 #pragma unroll
-    for (int j = 0; j < kJ; ++j) qf[j] = row_ok ? Load16(qrow + (j * 4 + t) * 8) : make_uint4(0, 0, 0, 0);
+    for (int j = 0; j < kJ; ++j)
+      qf[j] = row_ok ? Load16(qrow + (j * 4 + t) * 8) : make_uint4(0, 0, 0, 0);
   }
   float* logit_row = nullptr;
   if (p.accumulate_scores && row_ok) {
@@ -277,7 +278,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__global__ void __launch_bounds__(kThreads) DecodeScoreKernel(const __grid_constant__ DecodeArgs a) {
+__global__ void __launch_bounds__(kThreads)
+    DecodeScoreKernel(const __grid_constant__ DecodeArgs a) {
   const DecodeAttentionParams& p = a.p;
   const int sh = blockIdx.x;
   const int split = blockIdx.y;
@@ -289,8 +291,10 @@ __global__ void __launch_bounds__(kThreads) DecodeScoreKernel(const __grid_const
   const int32_t* list = p.tables.block_ids + __ldg(p.tables.table_offsets + sh);
   float lse2[kMaxGroup];
 #pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g) lse2[g] = g < G ? a.lse2[static_cast<int64_t>(sh) * G + g] : 0.0f;
-  const float* logits = a.logits + (static_cast<int64_t>(sh) * p.num_splits + split) * G * p.chunk_size;
+  for (int g = 0; g < kMaxGroup; ++g)
+    lse2[g] = g < G ? a.lse2[static_cast<int64_t>(sh) * G + g] : 0.0f;
+  const float* logits =
+      a.logits + (static_cast<int64_t>(sh) * p.num_splits + split) * G * p.chunk_size;
   for (int i = c0 + threadIdx.x; i < c1; i += kThreads) {
     float sum = 0.0f;
 #pragma unroll

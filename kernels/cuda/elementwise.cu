@@ -39,7 +39,8 @@ __device__ __forceinline__ uint4 LoadRw16(const Bf16* p) {
   return *reinterpret_cast<const uint4*>(p);
 }
 
-__global__ void __launch_bounds__(kNormThreads) RmsNormKernel(const __grid_constant__ RmsNormParams p) {
+__global__ void __launch_bounds__(kNormThreads)
+    RmsNormKernel(const __grid_constant__ RmsNormParams p) {
   __shared__ float scratch[32];
   const int r = blockIdx.x;
   const int64_t xs = p.x_stride ? p.x_stride : p.dim;

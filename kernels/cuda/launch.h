@@ -22,8 +22,8 @@ namespace kvc::kernels::internal {
 struct DecodeWorkspaceLayout {
   int64_t lse2 = 0, part_o = 0, part_ml = 0, logits = 0, total = 0;  // byte offsets, size
 };
-inline DecodeWorkspaceLayout DecodeWorkspace(int32_t num_seqs, int32_t num_kv_heads,
-                                             int32_t group, int32_t head_dim, int32_t num_splits,
+inline DecodeWorkspaceLayout DecodeWorkspace(int32_t num_seqs, int32_t num_kv_heads, int32_t group,
+                                             int32_t head_dim, int32_t num_splits,
                                              int32_t chunk_size, bool scores) {
   auto align = [](int64_t bytes) { return (bytes + 255) / 256 * 256; };
   const int64_t rows = static_cast<int64_t>(num_seqs) * num_kv_heads * group;  // query heads

@@ -30,8 +30,7 @@ struct PrefillArgs {
 };
 
 template <int D>
-__global__ void __launch_bounds__(kThreads)
-    PrefillKernel(const __grid_constant__ PrefillArgs a) {
+__global__ void __launch_bounds__(kThreads) PrefillKernel(const __grid_constant__ PrefillArgs a) {
   constexpr int kJ = D / 32;
   const PrefillAttentionParams& p = a.p;
   const int sh = blockIdx.x;
@@ -125,8 +124,7 @@ __global__ void __launch_bounds__(kThreads)
         const bool valid = kv0 + col < n;
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          sv[r][nt * 2 + e] =
-              valid && pos <= qpos[r] ? acc[nt][r * 2 + e] * a.scale_log2 : kNegInf;
+          sv[r][nt * 2 + e] = valid && pos <= qpos[r] ? acc[nt][r * 2 + e] * a.scale_log2 : kNegInf;
         }
       }
     const float alpha0 = OnlineSoftmaxStep(sv[0], m[0], l[0]);

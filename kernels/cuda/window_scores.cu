@@ -31,8 +31,7 @@ struct WindowArgs {
 };
 
 template <int D>
-__global__ void __launch_bounds__(kThreads)
-    WindowProbKernel(const __grid_constant__ WindowArgs a) {
+__global__ void __launch_bounds__(kThreads) WindowProbKernel(const __grid_constant__ WindowArgs a) {
   constexpr int kJ = D / 32;
   const WindowScoreParams& p = a.p;
   const int sh = blockIdx.x;
@@ -87,7 +86,8 @@ __global__ void __launch_bounds__(kThreads)
       const bool ok = row < rows;
       const int tok = first + (ok ? row / G : 0);
       const int qh = h * G + (ok ? row % G : 0);
-      const float lse = ok ? __ldg(p.lse + static_cast<int64_t>(tok) * p.num_q_heads + qh) : kNegInf;
+      const float lse =
+          ok ? __ldg(p.lse + static_cast<int64_t>(tok) * p.num_q_heads + qh) : kNegInf;
       // A row that saw nothing (lse = -inf) or is padding contributes nothing.
       qpos[r] = ok && lse != kNegInf ? __ldg(p.q_positions + tok) : INT_MIN;
       lse2[r] = lse * kLog2e;
@@ -133,7 +133,8 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-__global__ void __launch_bounds__(kPoolThreads) WindowPoolKernel(const __grid_constant__ WindowArgs a) {
+__global__ void __launch_bounds__(kPoolThreads)
+    WindowPoolKernel(const __grid_constant__ WindowArgs a) {
   const WindowScoreParams& p = a.p;
   const int sh = blockIdx.x;
   const int n = min(__ldg(p.tables.num_kvs + sh), p.tables.max_num_kvs);

@@ -4,8 +4,8 @@
 // empty head); shuffled block ids with spare blocks/table entries; three split modes (planned,
 // single CTA per head, 16-KV chunks) that must all agree with the reference.
 #include <cmath>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <limits>
 #include <random>
 #include <string>
@@ -68,7 +68,8 @@ TEST_P(DecodeAttentionTest, MatchesReferenceAllSplitModes) {
   std::vector<Bf16> q_host = RandomBf16(static_cast<size_t>(S) * q_stride, rng, 2.0f);
   std::vector<float> q_dense(static_cast<size_t>(S) * Hq * d);
   for (int s = 0; s < S; ++s)
-    for (int x = 0; x < Hq * d; ++x) q_dense[s * Hq * d + x] = Bf16ToFloat(q_host[s * q_stride + x]);
+    for (int x = 0; x < Hq * d; ++x)
+      q_dense[s * Hq * d + x] = Bf16ToFloat(q_host[s * q_stride + x]);
   DeviceBuffer<Bf16> d_q(q_host);
 
   // References.
@@ -76,7 +77,8 @@ TEST_P(DecodeAttentionTest, MatchesReferenceAllSplitModes) {
   std::vector<double> lse_ref;
   for (int s = 0; s < S; ++s) {
     const int32_t qpos = std::numeric_limits<int32_t>::max();
-    std::vector<float> o = CpuAttention(f, fpool, s, Hq, q_dense.data() + s * Hq * d, &qpos, 1, scale);
+    std::vector<float> o =
+        CpuAttention(f, fpool, s, Hq, q_dense.data() + s * Hq * d, &qpos, 1, scale);
     out_ref.insert(out_ref.end(), o.begin(), o.end());
     for (int qh = 0; qh < Hq; ++qh) {
       lse_ref.push_back(NaiveLse(f, fpool, s * H + qh / c.group, q_dense.data() + (s * Hq + qh) * d,
@@ -96,8 +98,8 @@ TEST_P(DecodeAttentionTest, MatchesReferenceAllSplitModes) {
       } else {
         plan.chunk_size = mode == SplitMode::kSingle ? (max_n + 15) / 16 * 16 : 16;
         plan.num_splits = (max_n + plan.chunk_size - 1) / plan.chunk_size;
-        plan.workspace_bytes = kernels::DecodeAttentionWorkspaceBytes(
-            S, H, Hq, d, plan.num_splits, plan.chunk_size, scores);
+        plan.workspace_bytes = kernels::DecodeAttentionWorkspaceBytes(S, H, Hq, d, plan.num_splits,
+                                                                      plan.chunk_size, scores);
       }
       if (mode == SplitMode::kPlanned) {
         EXPECT_GT(plan.num_splits, 1);
@@ -145,8 +147,8 @@ TEST_P(DecodeAttentionTest, MatchesReferenceAllSplitModes) {
         if (rs.ref_norm == 0) {
           EXPECT_EQ(rs.max_abs, 0.0) << "empty head row " << row;
         }
-        EXPECT_LE(rs.rel, 1e-2) << "row " << row << " (seq " << row / Hq << ", q head "
-                                << row % Hq << "): " << rs.Str();
+        EXPECT_LE(rs.rel, 1e-2) << "row " << row << " (seq " << row / Hq << ", q head " << row % Hq
+                                << "): " << rs.Str();
       }
       for (int row = 0; row < S * Hq; ++row) {
         if (std::isinf(lse_ref[row])) {
@@ -169,10 +171,11 @@ TEST_P(DecodeAttentionTest, MatchesReferenceAllSplitModes) {
       if (scores) {
         EXPECT_TRUE(se.Stats().Ok(1e-4)) << "scores: " << se.Stats().Str();
       }
-      std::printf("[decode d%d b%d g%d mode %d scores %d splits %d] out %s | worst row rel %.3g | "
-                  "scores %s\n",
-                  d, b, c.group, static_cast<int>(mode), scores, plan.num_splits,
-                  all.Stats().Str().c_str(), worst_row, scores ? se.Stats().Str().c_str() : "-");
+      std::printf(
+          "[decode d%d b%d g%d mode %d scores %d splits %d] out %s | worst row rel %.3g | "
+          "scores %s\n",
+          d, b, c.group, static_cast<int>(mode), scores, plan.num_splits, all.Stats().Str().c_str(),
+          worst_row, scores ? se.Stats().Str().c_str() : "-");
     }
   }
 }

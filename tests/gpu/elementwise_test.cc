@@ -2,8 +2,8 @@
 // reference kernels of kernels/cpu/ops.h on the same bf16-rounded inputs; FillRandom's range
 // and determinism.
 #include <cmath>
-#include <cstdio>
 #include <cstdint>
+#include <cstdio>
 #include <random>
 #include <string>
 #include <vector>
@@ -121,7 +121,8 @@ TEST(RopeTest, MatchesCpuLlama3) {
       // V heads (after q and k) are untouched.
       int64_t v_changed = 0;
       for (int t = 0; t < tokens; ++t)
-        for (int64_t i = (hq + hk) * d; i < stride; ++i) v_changed += got[t * stride + i].bits != x[t * stride + i].bits;
+        for (int64_t i = (hq + hk) * d; i < stride; ++i)
+          v_changed += got[t * stride + i].bits != x[t * stride + i].bits;
       EXPECT_EQ(v_changed, 0);
       std::printf("[rope d%d llama3 %d] %s\n", d, llama3, es.Str().c_str());
     }

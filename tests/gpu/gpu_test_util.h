@@ -31,11 +31,10 @@ using kernels::Bf16;
 using kernels::Bf16ToFloat;
 using kernels::FloatToBf16;
 
-#define KVC_CUDA_CHECK(expr)                                                          \
-  do {                                                                                \
-    const cudaError_t kvc_cuda_err_ = (expr);                                         \
-    KVC_CHECK(kvc_cuda_err_ == cudaSuccess) << #expr << ": "                          \
-                                            << cudaGetErrorString(kvc_cuda_err_);     \
+#define KVC_CUDA_CHECK(expr)                                                                       \
+  do {                                                                                             \
+    const cudaError_t kvc_cuda_err_ = (expr);                                                      \
+    KVC_CHECK(kvc_cuda_err_ == cudaSuccess) << #expr << ": " << cudaGetErrorString(kvc_cuda_err_); \
   } while (0)
 
 inline bool SmallCases() {
@@ -83,12 +82,14 @@ class DeviceBuffer {
   size_t size() const { return n_; }
   void Upload(const std::vector<T>& host) {
     KVC_CHECK_EQ(host.size(), n_);
-    if (n_ > 0) KVC_CUDA_CHECK(cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
+    if (n_ > 0)
+      KVC_CUDA_CHECK(cudaMemcpy(ptr_, host.data(), n_ * sizeof(T), cudaMemcpyHostToDevice));
   }
   std::vector<T> Download() const {
     KVC_CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<T> host(n_);
-    if (n_ > 0) KVC_CUDA_CHECK(cudaMemcpy(host.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
+    if (n_ > 0)
+      KVC_CUDA_CHECK(cudaMemcpy(host.data(), ptr_, n_ * sizeof(T), cudaMemcpyDeviceToHost));
     return host;
   }
   // Fills every byte with `byte` (0xff: bf16 and fp32 NaN).
@@ -127,8 +128,8 @@ struct ErrorStats {
   bool Ok(double tol) const { return non_finite == 0 && rel <= tol; }
   std::string Str() const {
     char buf[128];
-    std::snprintf(buf, sizeof(buf), "rel %.3g, max_abs %.3g, non-finite %lld of %lld", rel,
-                  max_abs, static_cast<long long>(non_finite), static_cast<long long>(count));
+    std::snprintf(buf, sizeof(buf), "rel %.3g, max_abs %.3g, non-finite %lld of %lld", rel, max_abs,
+                  static_cast<long long>(non_finite), static_cast<long long>(count));
     return buf;
   }
 };
@@ -215,7 +216,8 @@ struct PagedFixture {
     for (float& x : scores) x = ud(rng);
     for (size_t hd = 0; hd < lengths.size(); ++hd) {
       KVC_CHECK_EQ(slot_positions[hd].size(), static_cast<size_t>(lengths[hd]));
-      for (int i = 0; i < lengths[hd]; ++i) positions[Slot(static_cast<int>(hd), i)] = slot_positions[hd][i];
+      for (int i = 0; i < lengths[hd]; ++i)
+        positions[Slot(static_cast<int>(hd), i)] = slot_positions[hd][i];
     }
     Upload();
   }

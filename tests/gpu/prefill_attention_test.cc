@@ -239,9 +239,8 @@ TEST_P(WindowScoresTest, MatchesReference) {
     const absl::Status status = kernels::AccumulateWindowScores(p, nullptr);
     ASSERT_TRUE(status.ok()) << status;
     const std::vector<float> sc = pr.f.d_scores.Download();
-    const std::vector<double> ref = WindowScoreDelta(pr.f, fpool, pr.num_q_heads, pr.q_float,
-                                                     pr.cu_q, pr.q_pos, pr.scale, st.window,
-                                                     st.pool);
+    const std::vector<double> ref = WindowScoreDelta(
+        pr.f, fpool, pr.num_q_heads, pr.q_float, pr.cu_q, pr.q_pos, pr.scale, st.window, st.pool);
     // Slots of the heads: delta vs reference; every other slot: untouched.
     std::vector<char> owned(sc.size(), 0);
     for (int hd = 0; hd < kSeqs * kKvHeads; ++hd)
@@ -274,7 +273,8 @@ std::vector<PrefillCase> AllCases() {
   return cases;
 }
 
-INSTANTIATE_TEST_SUITE_P(ClosedSet, PrefillAttentionTest, ::testing::ValuesIn(AllCases()), CaseName);
+INSTANTIATE_TEST_SUITE_P(ClosedSet, PrefillAttentionTest, ::testing::ValuesIn(AllCases()),
+                         CaseName);
 INSTANTIATE_TEST_SUITE_P(ClosedSet, WindowScoresTest, ::testing::ValuesIn(AllCases()), CaseName);
 
 TEST(PrefillAttentionValidation, RejectsBadParams) {
@@ -312,12 +312,10 @@ TEST(PrefillAttentionValidation, RejectsBadParams) {
   w.q = run.d_q.get();
   w.lse = run.d_lse.get();
   w.pool_kernel = 4;
-  EXPECT_EQ(kernels::AccumulateWindowScores(w, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(kernels::AccumulateWindowScores(w, nullptr).code(), absl::StatusCode::kInvalidArgument);
   w.pool_kernel = 7;
   w.workspace_bytes = 0;  // too small
-  EXPECT_EQ(kernels::AccumulateWindowScores(w, nullptr).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(kernels::AccumulateWindowScores(w, nullptr).code(), absl::StatusCode::kInvalidArgument);
 }
 
 }  // namespace

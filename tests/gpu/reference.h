@@ -96,8 +96,9 @@ inline std::vector<double> DecodeScoreDelta(const PagedFixture& f, const FloatPo
     for (int h = 0; h < H; ++h) stride = std::max<int64_t>(stride, f.num_kvs[s * H + h]);
     std::vector<float> probs;
     const int32_t qpos = std::numeric_limits<int32_t>::max();
-    CpuAttention(f, pool, s, num_q_heads, q.data() + static_cast<size_t>(s) * num_q_heads * f.head_dim,
-                 &qpos, 1, scale, &probs, 0, stride);
+    CpuAttention(f, pool, s, num_q_heads,
+                 q.data() + static_cast<size_t>(s) * num_q_heads * f.head_dim, &qpos, 1, scale,
+                 &probs, 0, stride);
     for (int h = 0; h < H; ++h) {
       for (int i = 0; i < f.num_kvs[s * H + h]; ++i) {
         double sum = 0.0;
@@ -140,7 +141,8 @@ inline std::vector<double> WindowScoreDelta(const PagedFixture& f, const FloatPo
       for (int j = 0; j < G; ++j) {
         std::vector<double> a(n, 0.0);
         for (int qi = 0; qi < wq; ++qi) {
-          const float* pr = probs.data() + (static_cast<size_t>(qi) * num_q_heads + h * G + j) * stride;
+          const float* pr =
+              probs.data() + (static_cast<size_t>(qi) * num_q_heads + h * G + j) * stride;
           for (int k = 0; k < n; ++k) a[k] += static_cast<double>(pr[k]) * pr[k];
         }
         for (int k = 0; k < n; ++k) {

@@ -31,9 +31,9 @@ DecodeAttentionPlan MakeDecodeAttentionPlan(int32_t num_seqs, int32_t num_kv_hea
                                             int32_t max_num_kvs, int32_t num_sms,
                                             bool accumulate_scores);
 // Bytes of workspace a decode launch with this split needs (partials; logits when scoring).
-int64_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_kv_heads,
-                                      int32_t num_q_heads, int32_t head_dim, int32_t num_splits,
-                                      int32_t chunk_size, bool accumulate_scores);
+int64_t DecodeAttentionWorkspaceBytes(int32_t num_seqs, int32_t num_kv_heads, int32_t num_q_heads,
+                                      int32_t head_dim, int32_t num_splits, int32_t chunk_size,
+                                      bool accumulate_scores);
 absl::Status DecodeAttention(const DecodeAttentionParams& p, StreamHandle stream);
 
 // ---- prefill attention ------------------------------------------------------------------------

@@ -40,7 +40,8 @@ struct PagedKvCache {
 
 // Per-head block tables of one layer for a batch of sequences, CSR-style. Head (s, h) -- sequence
 // s of the batch, kv head h -- owns the block list
-//   block_ids[table_offsets[s * num_kv_heads + h] + j],  j < ceil(num_kvs[s * num_kv_heads + h] / b)
+//   block_ids[table_offsets[s * num_kv_heads + h] + j],  j < ceil(num_kvs[s * num_kv_heads + h] /
+//   b)
 // and its logical slot i < num_kvs lives at block list[i / b], offset i % b. Heads have their own
 // lengths (compression); lists may have spare capacity after their last used entry.
 struct HeadTables {
@@ -62,13 +63,13 @@ struct HeadTables {
 struct KvAppendParams {
   PagedKvCache cache;
   HeadTables tables;
-  int32_t num_tokens = 0;                  // = cu_tokens[num_seqs]
-  const int32_t* cu_tokens = nullptr;      // [num_seqs + 1] token offsets, cu_tokens[0] = 0
+  int32_t num_tokens = 0;                    // = cu_tokens[num_seqs]
+  const int32_t* cu_tokens = nullptr;        // [num_seqs + 1] token offsets, cu_tokens[0] = 0
   const int32_t* token_positions = nullptr;  // [num_tokens]
-  const Bf16* k = nullptr;  // token t, kv head h at k[t * k_stride + h * head_dim]
-  int64_t k_stride = 0;     // 0 = num_kv_heads * head_dim
+  const Bf16* k = nullptr;                   // token t, kv head h at k[t * k_stride + h * head_dim]
+  int64_t k_stride = 0;                      // 0 = num_kv_heads * head_dim
   const Bf16* v = nullptr;
-  int64_t v_stride = 0;     // 0 = num_kv_heads * head_dim
+  int64_t v_stride = 0;  // 0 = num_kv_heads * head_dim
 };
 
 // ---- decode attention -------------------------------------------------------------------------
@@ -113,15 +114,15 @@ struct PrefillAttentionParams {
   HeadTables tables;
   int32_t num_q_heads = 0;
   float scale = 0.0f;
-  int32_t num_tokens = 0;              // = cu_q[num_seqs]
-  int32_t max_q_len = 0;               // host-known max over sequences of cu_q[s+1] - cu_q[s]
-  const int32_t* cu_q = nullptr;       // [num_seqs + 1]
+  int32_t num_tokens = 0;                // = cu_q[num_seqs]
+  int32_t max_q_len = 0;                 // host-known max over sequences of cu_q[s+1] - cu_q[s]
+  const int32_t* cu_q = nullptr;         // [num_seqs + 1]
   const int32_t* q_positions = nullptr;  // [num_tokens]
-  const Bf16* q = nullptr;             // token t, head qh at q[t * q_stride + qh * head_dim]
-  int64_t q_stride = 0;                // 0 = num_q_heads * head_dim
-  Bf16* out = nullptr;                 // token t, head qh at out[t * out_stride + qh * head_dim]
-  int64_t out_stride = 0;              // 0 = num_q_heads * head_dim
-  float* lse = nullptr;                // optional [num_tokens, num_q_heads] (natural log)
+  const Bf16* q = nullptr;               // token t, head qh at q[t * q_stride + qh * head_dim]
+  int64_t q_stride = 0;                  // 0 = num_q_heads * head_dim
+  Bf16* out = nullptr;                   // token t, head qh at out[t * out_stride + qh * head_dim]
+  int64_t out_stride = 0;                // 0 = num_q_heads * head_dim
+  float* lse = nullptr;                  // optional [num_tokens, num_q_heads] (natural log)
 };
 
 // ---- window scores (KV-Compress prefill scores) -----------------------------------------------
@@ -137,14 +138,14 @@ struct WindowScoreParams {
   HeadTables tables;
   int32_t num_q_heads = 0;
   float scale = 0.0f;
-  int32_t window = 32;       // w >= 1
-  int32_t pool_kernel = 7;   // odd >= 1; 0 or 1 = no pooling
+  int32_t window = 32;                   // w >= 1
+  int32_t pool_kernel = 7;               // odd >= 1; 0 or 1 = no pooling
   const int32_t* cu_q = nullptr;         // [num_seqs + 1]
   const int32_t* q_positions = nullptr;  // [num_tokens]
   const Bf16* q = nullptr;
-  int64_t q_stride = 0;                  // 0 = num_q_heads * head_dim
-  const float* lse = nullptr;            // [num_tokens, num_q_heads]
-  void* workspace = nullptr;             // >= WindowScoreWorkspaceBytes(...), 256-byte aligned
+  int64_t q_stride = 0;        // 0 = num_q_heads * head_dim
+  const float* lse = nullptr;  // [num_tokens, num_q_heads]
+  void* workspace = nullptr;   // >= WindowScoreWorkspaceBytes(...), 256-byte aligned
   int64_t workspace_bytes = 0;
 };
 
@@ -154,15 +155,15 @@ struct WindowScoreParams {
 // out may alias x.
 struct RmsNormParams {
   int32_t rows = 0;
-  int32_t dim = 0;       // multiple of 8
+  int32_t dim = 0;  // multiple of 8
   float eps = 1e-6f;
   const Bf16* x = nullptr;
-  int64_t x_stride = 0;  // 0 = dim
+  int64_t x_stride = 0;          // 0 = dim
   const Bf16* weight = nullptr;  // [dim]
   Bf16* residual = nullptr;      // optional
   int64_t residual_stride = 0;   // 0 = dim
   Bf16* out = nullptr;
-  int64_t out_stride = 0;        // 0 = dim
+  int64_t out_stride = 0;  // 0 = dim
 };
 
 // In-place RoPE (HF rotate_half / "neox" pairing of i and i + head_dim/2) of num_heads heads at
@@ -187,9 +188,9 @@ struct SwiGluParams {
   const Bf16* gate = nullptr;
   int64_t gate_stride = 0;  // 0 = dim
   const Bf16* up = nullptr;
-  int64_t up_stride = 0;    // 0 = dim
+  int64_t up_stride = 0;  // 0 = dim
   Bf16* out = nullptr;
-  int64_t out_stride = 0;   // 0 = dim
+  int64_t out_stride = 0;  // 0 = dim
 };
 
 // Fills n bf16 values with a deterministic pseudo-random uniform(-scale, scale) sequence of
