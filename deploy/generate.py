@@ -265,7 +265,7 @@ PANELS = [
         "(sequence, layer, kv_head)).",
         [
             target(f"kvc_kv_blocks_free{{{W}}}", "{{instance}} free"),
-            target(f"kvc_kv_blocks_total{{{W}}}", "{{instance}} total"),
+            target(f"kvc_kv_blocks{{{W}}}", "{{instance}} total"),
         ],
         w=8,
     ),

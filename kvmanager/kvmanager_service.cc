@@ -51,7 +51,7 @@ grpc::Status KvManagerService::GetStats(grpc::ServerContext*, const v1::GetStats
 }
 
 void ExportKvMetrics(const KvManager* kv, MetricsRegistry* r, bool per_head) {
-  auto& blocks_total = r->AddGauge("kvc_kv_blocks_total", "KV blocks in the pool.").Get();
+  auto& blocks_total = r->AddGauge("kvc_kv_blocks", "KV blocks in the pool.").Get();
   auto& blocks_free = r->AddGauge("kvc_kv_blocks_free", "Free KV blocks.").Get();
   auto& held = r->AddGauge("kvc_kv_kvs_held", "KVs held (summed over layers and kv heads).").Get();
   auto& uncompressed = r->AddGauge("kvc_kv_kvs_uncompressed",

@@ -258,7 +258,7 @@ TEST_F(ClusterTest, EveryProcessServesMetrics) {
     auto m = HttpGet("127.0.0.1", w.metrics_port, "/metrics");
     ASSERT_TRUE(m.ok()) << m.status();
     EXPECT_THAT(*m, HasSubstr("# TYPE kvc_worker_generated_tokens_total counter"));
-    EXPECT_THAT(*m, HasSubstr("kvc_kv_blocks_total 2048"));
+    EXPECT_THAT(*m, HasSubstr("kvc_kv_blocks 2048"));
     EXPECT_THAT(*m, HasSubstr("kvc_kv_effective_capacity_tokens"));
   }
 }
@@ -402,7 +402,7 @@ TEST_F(ClusterTest, PrometheusScrapesEveryProcess) {
   }
   EXPECT_TRUE(all_up) << last << "\n" << prom->Log();
   // A kvc metric is queryable through Prometheus.
-  auto q = HttpGet("127.0.0.1", port, "/api/v1/query?query=kvc_kv_blocks_total");
+  auto q = HttpGet("127.0.0.1", port, "/api/v1/query?query=kvc_kv_blocks");
   ASSERT_TRUE(q.ok());
   EXPECT_THAT(*q, HasSubstr("2048"));
 }

@@ -451,7 +451,7 @@ if ($dash) {
   # The panels the dashboard exists for.
   for my $m (qw(kvc_kv_effective_capacity_tokens kvc_kv_physical_free_tokens
                 kvc_kv_compression_ratio kvc_kv_kvs_held kvc_kv_kvs_uncompressed kvc_kv_blocks_free
-                kvc_kv_blocks_total kvc_worker_running_requests kvc_worker_waiting_requests
+                kvc_kv_blocks kvc_worker_running_requests kvc_worker_waiting_requests
                 kvc_worker_batch_size_bucket kvc_worker_step_seconds_bucket
                 kvc_router_time_to_first_token_seconds_bucket kvc_router_inter_token_seconds_bucket
                 kvc_router_request_duration_seconds_bucket kvc_router_requests_total
