@@ -1,0 +1,565 @@
+#include "bench/eval/runner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <span>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/check.h"
+#include "common/status_macros.h"
+#include "kernels/cpu/sampling.h"
+#include "kvmanager/compression_budget.h"
+#include "kvmanager/kv_manager.h"
+#include "worker/cpu_executor.h"
+#include "worker/engine.h"
+
+namespace kvc::eval {
+namespace {
+
+bool CollectsScores(const Variant& v) {
+  if (v.full()) return false;
+  return v.policy == CompressionPolicyKind::kKvCompress ||
+         v.policy == CompressionPolicyKind::kSnapKv ||
+         v.policy == CompressionPolicyKind::kPyramidKv;
+}
+
+CompressionSettings SettingsFor(const Variant& v, const RunSettings& rs) {
+  CompressionSettings cs;
+  cs.mode = v.full() ? BudgetMode::kNone : BudgetMode::kRate;
+  cs.compression_rate = v.full() ? 1.0 : v.rate;
+  cs.constraints.protected_window = rs.protected_window;
+  cs.constraints.sink_tokens = rs.sink_tokens;
+  cs.constraints.min_kvs_per_head = rs.min_kvs_per_head;
+  return cs;
+}
+
+// The engine's per-sequence policy seed for a request seed (worker/engine.cc).
+uint64_t PolicySeed(uint64_t request_seed) { return request_seed ^ 0x9e3779b97f4a7c15ull; }
+
+absl::Status ValidateInputs(const ModelWeights& w, const std::vector<Variant>& variants,
+                            const RunSettings& rs) {
+  if (variants.empty()) return absl::InvalidArgumentError("no variants to run");
+  if (rs.block_size < 1) return absl::InvalidArgumentError("block_size must be >= 1");
+  if (rs.observation_window < 1) {
+    return absl::InvalidArgumentError("observation_window must be >= 1");
+  }
+  if (rs.protected_window < 0 || rs.sink_tokens < 0 || rs.min_kvs_per_head < 0) {
+    return absl::InvalidArgumentError("protected_window, sink_tokens and min_kvs_per_head must be >= 0");
+  }
+  if (rs.wave_prompts < 1) return absl::InvalidArgumentError("wave_prompts must be >= 1");
+  if (rs.engine_max_seqs < 1) return absl::InvalidArgumentError("engine_max_seqs must be >= 1");
+  for (const Variant& v : variants) {
+    if (!(v.rate >= 1.0) || !std::isfinite(v.rate)) {
+      return absl::InvalidArgumentError(absl::StrCat("compression rate must be >= 1, got ", v.rate));
+    }
+  }
+  (void)w;
+  return absl::OkStatus();
+}
+
+absl::Status ValidateJobs(const ModelWeights& w, const std::vector<GenerationJob>& jobs) {
+  if (jobs.empty()) return absl::InvalidArgumentError("no prompts to run");
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const auto& j = jobs[i];
+    if (j.prompt.empty()) return absl::InvalidArgumentError(absl::StrCat("prompt ", i, " is empty"));
+    if (static_cast<int64_t>(j.prompt.size()) >= w.config.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt ", i, " has ", j.prompt.size(),
+                                                     " tokens; the model's context is ",
+                                                     w.config.max_position_embeddings));
+    }
+    if (j.max_new_tokens < 1) {
+      return absl::InvalidArgumentError(absl::StrCat("prompt ", i, ": max_new_tokens must be >= 1"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+KvLayout LayoutFor(const ModelConfig& c, int32_t block_size, int64_t num_blocks) {
+  KvLayout l;
+  l.num_layers = c.num_hidden_layers;
+  l.num_kv_heads = c.num_key_value_heads;
+  l.head_dim = c.head_dim;
+  l.block_size = block_size;
+  l.num_blocks = num_blocks;
+  return l;
+}
+
+// Blocks a sequence of `tokens` tokens may hold under `v` (upper bound with slack).
+int64_t BlocksBound(const KvLayout& l, const Variant& v, int64_t tokens, int32_t protected_window) {
+  const int64_t heads = l.heads_per_seq();
+  if (v.full()) return heads * CeilDiv(tokens, l.block_size);
+  const int64_t target = TargetKvsForRate(l, tokens, v.rate, protected_window);
+  return std::min(heads * CeilDiv(tokens, l.block_size), CeilDiv(target, l.block_size) + 3 * heads);
+}
+
+// ---- The shared-prefill machinery: one executor + KV manager, sequences forked from a base ----
+class ForkSession {
+ public:
+  static absl::StatusOr<std::unique_ptr<ForkSession>> Create(
+      std::shared_ptr<const ModelWeights> weights, const RunSettings& rs, int64_t num_blocks) {
+    std::unique_ptr<ForkSession> s(new ForkSession());
+    s->rs_ = rs;
+    ASSIGN_OR_RETURN(s->exec_, CpuExecutor::Create(std::move(weights), num_blocks, rs.block_size));
+    KvManagerOptions ko;
+    ko.layout = s->exec_->layout();
+    ASSIGN_OR_RETURN(s->kv_, KvManager::Create(ko));
+    CompressionPolicyOptions po;
+    for (CompressionPolicyKind k :
+         {CompressionPolicyKind::kKvCompress, CompressionPolicyKind::kSnapKv,
+          CompressionPolicyKind::kPyramidKv, CompressionPolicyKind::kStreaming,
+          CompressionPolicyKind::kRandom}) {
+      s->policies_[k] = MakeCompressionPolicy(k, po);
+    }
+    return s;
+  }
+
+  KvManager& kv() { return *kv_; }
+  const KvLayout& layout() const { return kv_->layout(); }
+
+  // Prefills `prompt` as a new uncompressed sequence, collecting the observation-window scores;
+  // copies its last logits row into *logits.
+  absl::StatusOr<int64_t> Prefill(std::span<const int32_t> prompt, std::vector<float>* logits) {
+    const int64_t id = next_id_++;
+    RETURN_IF_ERROR(kv_->AddSequence(id));
+    RETURN_IF_ERROR(Reserve(id, static_cast<int32_t>(prompt.size())));
+    ForwardBatch batch;
+    batch.score_pool_kernel = rs_.score_pool_kernel;
+    ForwardSequence f;
+    f.seq_id = id;
+    f.tokens = prompt;
+    f.start_position = 0;
+    f.tables = kv_->Tables(id);
+    f.score_queries = std::min<int32_t>(rs_.observation_window, static_cast<int32_t>(prompt.size()));
+    f.score_pool = true;
+    batch.seqs.push_back(f);
+    RETURN_IF_ERROR(exec_->Forward(batch, &out_));
+    logits->assign(out_.logits.begin(), out_.logits.begin() + out_.vocab_size);
+    return id;
+  }
+
+  // A new sequence holding a slot-for-slot copy of `base`'s KV cache (K, V, score, position).
+  absl::StatusOr<int64_t> Fork(int64_t base) {
+    ASSIGN_OR_RETURN(SequenceUsage u, kv_->Usage(base));
+    const int64_t id = next_id_++;
+    RETURN_IF_ERROR(kv_->AddSequence(id));
+    RETURN_IF_ERROR(Reserve(id, static_cast<int32_t>(u.tokens)));
+    const SequenceBlockTables* src = kv_->Tables(base);
+    const SequenceBlockTables* dst = kv_->Tables(id);
+    const int32_t b = layout().block_size;
+    for (size_t h = 0; h < src->heads.size(); ++h) {
+      const HeadBlockTable& sh = src->heads[h];
+      const HeadBlockTable& dh = dst->heads[h];
+      if (sh.num_kvs != dh.num_kvs) {
+        return absl::FailedPreconditionError("Fork: the base sequence is compressed");
+      }
+      for (int32_t s = 0; s < sh.num_kvs; ++s) {
+        RETURN_IF_ERROR(
+            exec_->MoveKv(sh.blocks[s / b], s % b, dh.blocks[s / b], s % b));
+      }
+    }
+    return id;
+  }
+
+  // Engine::Compress: plan with the variant's policy to its budget, apply, run the moves.
+  absl::Status Compress(int64_t id, const Variant& v, uint64_t policy_seed,
+                        CompressionTrigger trigger) {
+    if (v.full()) return absl::OkStatus();
+    const CompressionSettings cs = SettingsFor(v, rs_);
+    ASSIGN_OR_RETURN(int64_t evict, kv_->EvictBlocksForBudget(id, cs));
+    if (evict <= 0) return absl::OkStatus();
+    ASSIGN_OR_RETURN(EvictionPlan plan,
+                     PlanSequenceEviction(*kv_, id, exec_->slot_reader(), evict, cs.constraints,
+                                          policy_seed, *policies_.at(v.policy)));
+    if (plan.empty()) return absl::OkStatus();
+    std::vector<KvMove> moves;
+    RETURN_IF_ERROR(kv_->ApplyEviction(id, plan, trigger, &moves));
+    return exec_->MoveKvs(moves);
+  }
+
+  struct Row {
+    int64_t id = 0;
+    int32_t token = 0;
+    int32_t position = 0;
+    bool scores = false;
+  };
+  // Appends one token to each row's sequence and runs one decode forward pass; logits() then
+  // holds one row per input row.
+  absl::Status Decode(const std::vector<Row>& rows) {
+    tokens_.resize(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) {
+      RETURN_IF_ERROR(Reserve(rows[i].id, 1));
+      tokens_[i] = rows[i].token;
+    }
+    ForwardBatch batch;
+    batch.score_pool_kernel = rs_.score_pool_kernel;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      ForwardSequence f;
+      f.seq_id = rows[i].id;
+      f.tokens = std::span<const int32_t>(tokens_).subspan(i, 1);
+      f.start_position = rows[i].position;
+      f.tables = kv_->Tables(rows[i].id);
+      f.score_queries = rows[i].scores && rs_.decode_scores ? 1 : 0;
+      batch.seqs.push_back(f);
+    }
+    return exec_->Forward(batch, &out_);
+  }
+  std::span<const float> logits(size_t row) const {
+    return std::span<const float>(out_.logits.data() + row * out_.vocab_size, out_.vocab_size);
+  }
+
+ private:
+  ForkSession() = default;
+  absl::Status Reserve(int64_t id, int32_t n) {
+    const int64_t need = kv_->BlocksNeededToAppend(id, n);
+    if (need > kv_->num_free_blocks()) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the evaluation's KV pool (", kv_->num_total_blocks(), " blocks) is full: need ", need,
+          ", free ", kv_->num_free_blocks(), "; lower --wave"));
+    }
+    return kv_->Append(id, n);
+  }
+
+  RunSettings rs_;
+  std::unique_ptr<CpuExecutor> exec_;
+  std::unique_ptr<KvManager> kv_;
+  std::map<CompressionPolicyKind, std::unique_ptr<CompressionPolicy>> policies_;
+  ForwardOutput out_;
+  std::vector<int32_t> tokens_;
+  int64_t next_id_ = 1;
+};
+
+double NegLogLikelihood(std::span<const float> row, int32_t target) {
+  double mx = -INFINITY;
+  for (float x : row) mx = std::max<double>(mx, x);
+  double sum = 0;
+  for (float x : row) sum += std::exp(static_cast<double>(x) - mx);
+  return std::log(sum) + mx - static_cast<double>(row[target]);
+}
+
+}  // namespace
+
+std::string VariantName(const Variant& v) {
+  if (v.full()) return "full";
+  return absl::StrFormat("%s@%g", CompressionPolicyName(v.policy), v.rate);
+}
+
+absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunWithEngine(
+    std::shared_ptr<const ModelWeights> weights, const std::vector<GenerationJob>& jobs,
+    const std::vector<Variant>& variants, const RunSettings& rs, const ProgressFn& progress) {
+  if (weights == nullptr) return absl::InvalidArgumentError("weights are null");
+  RETURN_IF_ERROR(ValidateInputs(*weights, variants, rs));
+  RETURN_IF_ERROR(ValidateJobs(*weights, jobs));
+  const ModelConfig& c = weights->config;
+  int64_t max_len = 0;
+  for (const auto& j : jobs) {
+    max_len = std::max<int64_t>(max_len, static_cast<int64_t>(j.prompt.size()) + j.max_new_tokens + 1);
+  }
+  const int64_t heads = static_cast<int64_t>(c.num_hidden_layers) * c.num_key_value_heads;
+  // Room for engine_max_seqs uncompressed sequences at their longest: nothing is ever preempted.
+  const int64_t num_blocks = rs.engine_max_seqs * heads * CeilDiv(max_len, rs.block_size) + heads;
+  ASSIGN_OR_RETURN(std::unique_ptr<CpuExecutor> exec,
+                   CpuExecutor::Create(weights, num_blocks, rs.block_size));
+  KvManagerOptions ko;
+  ko.layout = exec->layout();
+  ASSIGN_OR_RETURN(std::unique_ptr<KvManager> kv, KvManager::Create(ko));
+  EngineOptions eo;
+  eo.max_num_seqs = rs.engine_max_seqs;
+  eo.max_prefill_tokens = static_cast<int32_t>(std::max<int64_t>(4096, max_len));
+  eo.decode_scores = rs.decode_scores;
+  eo.score_pool_kernel = rs.score_pool_kernel;
+  Engine engine(std::move(exec), std::move(kv), eo, nullptr);
+
+  std::vector<std::vector<GenerationResult>> results(
+      jobs.size(), std::vector<GenerationResult>(variants.size()));
+  std::vector<int32_t> pending(jobs.size(), static_cast<int32_t>(variants.size()));
+  int64_t done_jobs = 0;
+  absl::Status failure;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    for (size_t v = 0; v < variants.size(); ++v) {
+      const Variant& var = variants[v];
+      EngineRequest r;
+      r.request_id = absl::StrCat(i, "/", v);
+      r.prompt = jobs[i].prompt;
+      r.sampling.temperature = 0;
+      r.seed = jobs[i].seed;
+      r.max_tokens = jobs[i].max_new_tokens;
+      r.stop_token_ids = jobs[i].stop_token_ids;
+      r.ignore_eos = jobs[i].ignore_eos;
+      r.policy = var.full() ? CompressionPolicyKind::kNone : var.policy;
+      r.compression = SettingsFor(var, rs);
+      r.observation_window = rs.observation_window;
+      r.continual = rs.continual;
+      GenerationResult* out = &results[i][v];
+      RETURN_IF_ERROR(engine.Submit(std::move(r), [&, out, i](EngineOutput o) {
+        out->tokens.insert(out->tokens.end(), o.tokens.begin(), o.tokens.end());
+        if (!o.finished) return;
+        if (!o.status.ok() && failure.ok()) failure = o.status;
+        out->kvs_held = o.usage.kvs_held;
+        out->kvs_uncompressed = o.usage.kvs_uncompressed;
+        out->compressions = o.usage.compressions;
+        out->preemptions = o.usage.preemptions;
+        if (--pending[i] == 0) {
+          ++done_jobs;
+          if (progress) progress(done_jobs, static_cast<int64_t>(jobs.size()));
+        }
+      }));
+    }
+  }
+  while (engine.StepForTest()) {
+  }
+  engine.Stop();
+  RETURN_IF_ERROR(failure);
+  return results;
+}
+
+absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunSharedPrefill(
+    std::shared_ptr<const ModelWeights> weights, const std::vector<GenerationJob>& jobs,
+    const std::vector<Variant>& variants, const RunSettings& rs, const ProgressFn& progress) {
+  if (weights == nullptr) return absl::InvalidArgumentError("weights are null");
+  RETURN_IF_ERROR(ValidateInputs(*weights, variants, rs));
+  RETURN_IF_ERROR(ValidateJobs(*weights, jobs));
+  const ModelConfig& c = weights->config;
+  const KvLayout probe = LayoutFor(c, rs.block_size, 1);
+  // Pool: per wave, every variant of every prompt at its bound, plus one full-size transient.
+  int64_t max_len = 0;
+  for (const auto& j : jobs) {
+    max_len = std::max<int64_t>(max_len, static_cast<int64_t>(j.prompt.size()) + j.max_new_tokens + 1);
+  }
+  int64_t per_job = BlocksBound(probe, Variant{}, max_len, rs.protected_window);  // the base
+  for (const Variant& v : variants) {
+    if (!v.full()) per_job += BlocksBound(probe, v, max_len, rs.protected_window);
+  }
+  const int64_t wave = std::min<int64_t>(rs.wave_prompts, static_cast<int64_t>(jobs.size()));
+  const int64_t num_blocks =
+      wave * per_job + BlocksBound(probe, Variant{}, max_len, rs.protected_window);
+  ASSIGN_OR_RETURN(std::unique_ptr<ForkSession> session,
+                   ForkSession::Create(weights, rs, num_blocks));
+  KvManager& kv = session->kv();
+
+  struct Seq {
+    size_t job = 0, variant = 0;
+    int64_t id = 0;
+    std::vector<int32_t> tokens;  // prompt + generated
+    int32_t generated = 0;
+    bool shares_base = false;     // the full variant decodes on the base sequence itself
+  };
+  std::vector<std::vector<GenerationResult>> results(
+      jobs.size(), std::vector<GenerationResult>(variants.size()));
+  // The engine's finish rule after a sampled token.
+  auto finished = [&](const Seq& s, int32_t tok) {
+    const GenerationJob& j = jobs[s.job];
+    if (std::find(j.stop_token_ids.begin(), j.stop_token_ids.end(), tok) != j.stop_token_ids.end()) {
+      return true;
+    }
+    if (!j.ignore_eos && std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) !=
+                             c.eos_token_ids.end()) {
+      return true;
+    }
+    return s.generated >= j.max_new_tokens ||
+           static_cast<int64_t>(s.tokens.size()) >= c.max_position_embeddings;
+  };
+  auto finish = [&](Seq& s) -> absl::Status {
+    GenerationResult& r = results[s.job][s.variant];
+    r.tokens.assign(s.tokens.end() - s.generated, s.tokens.end());
+    ASSIGN_OR_RETURN(SequenceUsage u, kv.Usage(s.id));
+    r.kvs_held = u.kvs_held;
+    r.kvs_uncompressed = u.kvs_uncompressed;
+    r.compressions = u.compressions;
+    return absl::OkStatus();
+  };
+
+  int64_t done = 0;
+  std::vector<float> logits;
+  for (size_t w0 = 0; w0 < jobs.size(); w0 += wave) {
+    const size_t w1 = std::min(jobs.size(), w0 + static_cast<size_t>(wave));
+    std::vector<Seq> active;
+    std::vector<int64_t> bases_to_free;
+    for (size_t i = w0; i < w1; ++i) {
+      const GenerationJob& job = jobs[i];
+      ASSIGN_OR_RETURN(int64_t base, session->Prefill(job.prompt, &logits));
+      const int32_t first = ArgmaxToken(logits);
+      bool base_used = false;
+      for (size_t v = 0; v < variants.size(); ++v) {
+        Seq s;
+        s.job = i;
+        s.variant = v;
+        s.tokens = job.prompt;
+        s.tokens.push_back(first);
+        s.generated = 1;
+        if (variants[v].full() && !base_used) {
+          s.id = base;
+          s.shares_base = true;
+          base_used = true;
+        } else {
+          ASSIGN_OR_RETURN(s.id, session->Fork(base));
+        }
+        if (finished(s, first)) {
+          RETURN_IF_ERROR(finish(s));
+          if (!s.shares_base) RETURN_IF_ERROR(kv.FreeSequence(s.id));
+          continue;
+        }
+        // Compress right after the prefill (the engine's prefill trigger).
+        RETURN_IF_ERROR(session->Compress(s.id, variants[v], PolicySeed(job.seed),
+                                          CompressionTrigger::kPrefill));
+        active.push_back(std::move(s));
+      }
+      if (!base_used) bases_to_free.push_back(base);
+    }
+    // Forks are done: a base that no variant decodes on is no longer needed.
+    for (int64_t b : bases_to_free) RETURN_IF_ERROR(kv.FreeSequence(b));
+    std::vector<ForkSession::Row> rows;
+    while (!active.empty()) {
+      rows.clear();
+      for (Seq& s : active) {
+        if (rs.continual) {
+          RETURN_IF_ERROR(session->Compress(s.id, variants[s.variant], PolicySeed(jobs[s.job].seed),
+                                            CompressionTrigger::kContinual));
+        }
+      }
+      for (Seq& s : active) {
+        ForkSession::Row r;
+        r.id = s.id;
+        r.token = s.tokens.back();
+        r.position = static_cast<int32_t>(s.tokens.size()) - 1;
+        r.scores = CollectsScores(variants[s.variant]);
+        rows.push_back(r);
+      }
+      RETURN_IF_ERROR(session->Decode(rows));
+      std::vector<Seq> still;
+      for (size_t k = 0; k < active.size(); ++k) {
+        Seq& s = active[k];
+        const int32_t tok = ArgmaxToken(session->logits(k));
+        s.tokens.push_back(tok);
+        s.generated++;
+        if (finished(s, tok)) {
+          RETURN_IF_ERROR(finish(s));
+          RETURN_IF_ERROR(kv.FreeSequence(s.id));
+        } else {
+          still.push_back(std::move(s));
+        }
+      }
+      active = std::move(still);
+    }
+    // Bases whose full variant finished at its first token are still registered.
+    for (int64_t id : kv.SequenceIds()) RETURN_IF_ERROR(kv.FreeSequence(id));
+    for (size_t i = w0; i < w1; ++i) {
+      ++done;
+      if (progress) progress(done, static_cast<int64_t>(jobs.size()));
+    }
+  }
+  return results;
+}
+
+absl::StatusOr<std::vector<PerplexityResult>> RunPerplexity(
+    std::shared_ptr<const ModelWeights> weights, const std::vector<std::vector<int32_t>>& windows,
+    int32_t prefix_len, const std::vector<Variant>& variants, const RunSettings& rs,
+    const ProgressFn& progress) {
+  if (weights == nullptr) return absl::InvalidArgumentError("weights are null");
+  RETURN_IF_ERROR(ValidateInputs(*weights, variants, rs));
+  if (windows.empty()) return absl::InvalidArgumentError("no perplexity windows");
+  if (prefix_len < 1) return absl::InvalidArgumentError("prefix length must be >= 1");
+  const ModelConfig& c = weights->config;
+  int64_t max_len = 0;
+  for (size_t i = 0; i < windows.size(); ++i) {
+    if (static_cast<int64_t>(windows[i].size()) <= prefix_len) {
+      return absl::InvalidArgumentError(absl::StrCat("perplexity window ", i, " has ",
+                                                     windows[i].size(), " tokens; the prefix is ",
+                                                     prefix_len));
+    }
+    if (static_cast<int64_t>(windows[i].size()) > c.max_position_embeddings) {
+      return absl::InvalidArgumentError(absl::StrCat("perplexity window ", i, " is longer than ",
+                                                     "the model's context"));
+    }
+    max_len = std::max<int64_t>(max_len, static_cast<int64_t>(windows[i].size()));
+  }
+  const KvLayout probe = LayoutFor(c, rs.block_size, 1);
+  int64_t per_window = BlocksBound(probe, Variant{}, max_len, rs.protected_window);
+  for (const Variant& v : variants) per_window += BlocksBound(probe, v, max_len, rs.protected_window);
+  const int64_t wave = std::min<int64_t>(rs.wave_prompts, static_cast<int64_t>(windows.size()));
+  ASSIGN_OR_RETURN(std::unique_ptr<ForkSession> session,
+                   ForkSession::Create(weights, rs, wave * per_window + per_window));
+  KvManager& kv = session->kv();
+
+  std::vector<double> nll(variants.size(), 0.0), kept(variants.size(), 0.0);
+  std::vector<int64_t> count(variants.size(), 0);
+  std::vector<float> logits;
+  int64_t done = 0;
+  for (size_t w0 = 0; w0 < windows.size(); w0 += wave) {
+    const size_t w1 = std::min(windows.size(), w0 + static_cast<size_t>(wave));
+    struct Seq {
+      size_t window = 0, variant = 0;
+      int64_t id = 0;
+    };
+    std::vector<Seq> seqs;
+    for (size_t i = w0; i < w1; ++i) {
+      const auto& win = windows[i];
+      ASSIGN_OR_RETURN(int64_t base,
+                       session->Prefill(std::span<const int32_t>(win).first(prefix_len), &logits));
+      const double first = NegLogLikelihood(logits, win[prefix_len]);
+      for (size_t v = 0; v < variants.size(); ++v) {
+        nll[v] += first;
+        count[v] += 1;
+        ASSIGN_OR_RETURN(int64_t id, session->Fork(base));
+        RETURN_IF_ERROR(session->Compress(id, variants[v], PolicySeed(i),
+                                          CompressionTrigger::kPrefill));
+        seqs.push_back({i, v, id});
+      }
+      RETURN_IF_ERROR(kv.FreeSequence(base));
+    }
+    // Teacher forcing: step t feeds token prefix_len + t and scores token prefix_len + t + 1.
+    std::vector<ForkSession::Row> rows;
+    for (int64_t t = 0;; ++t) {
+      rows.clear();
+      std::vector<size_t> live;
+      for (size_t k = 0; k < seqs.size(); ++k) {
+        const auto& win = windows[seqs[k].window];
+        if (prefix_len + t + 1 >= static_cast<int64_t>(win.size())) continue;
+        if (rs.continual) {
+          RETURN_IF_ERROR(session->Compress(seqs[k].id, variants[seqs[k].variant],
+                                            PolicySeed(seqs[k].window),
+                                            CompressionTrigger::kContinual));
+        }
+        ForkSession::Row r;
+        r.id = seqs[k].id;
+        r.token = win[prefix_len + t];
+        r.position = static_cast<int32_t>(prefix_len + t);
+        r.scores = CollectsScores(variants[seqs[k].variant]);
+        rows.push_back(r);
+        live.push_back(k);
+      }
+      if (rows.empty()) break;
+      RETURN_IF_ERROR(session->Decode(rows));
+      for (size_t r = 0; r < live.size(); ++r) {
+        const Seq& s = seqs[live[r]];
+        nll[s.variant] += NegLogLikelihood(session->logits(r), windows[s.window][prefix_len + t + 1]);
+        count[s.variant] += 1;
+      }
+    }
+    for (const Seq& s : seqs) {
+      ASSIGN_OR_RETURN(SequenceUsage u, kv.Usage(s.id));
+      kept[s.variant] += static_cast<double>(u.kvs_held) / static_cast<double>(u.kvs_uncompressed);
+      RETURN_IF_ERROR(kv.FreeSequence(s.id));
+    }
+    for (size_t i = w0; i < w1; ++i) {
+      ++done;
+      if (progress) progress(done, static_cast<int64_t>(windows.size()));
+    }
+  }
+  std::vector<PerplexityResult> out;
+  for (size_t v = 0; v < variants.size(); ++v) {
+    PerplexityResult r;
+    r.variant = variants[v];
+    r.tokens = count[v];
+    r.mean_nll = nll[v] / static_cast<double>(count[v]);
+    r.perplexity = std::exp(r.mean_nll);
+    r.kept_fraction = kept[v] / static_cast<double>(windows.size());
+    out.push_back(r);
+  }
+  return out;
+}
+
+}  // namespace kvc::eval
