@@ -1,0 +1,17 @@
+// Internal: raw launchers of the executor helper kernels (executor_ops.cu), called by
+// executor_ops.cc after validation. No Abseil (nvcc includes this file).
+#ifndef KVC_KERNELS_CUDA_EXECUTOR_OPS_LAUNCH_H_
+#define KVC_KERNELS_CUDA_EXECUTOR_OPS_LAUNCH_H_
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/include/kvc/kernels/executor_ops_params.h"
+
+namespace kvc::kernels::internal {
+
+cudaError_t LaunchGatherRows(const GatherRowsParams& p, cudaStream_t stream);
+cudaError_t LaunchMoveKvSlots(const KvMoveParams& p, cudaStream_t stream);
+
+}  // namespace kvc::kernels::internal
+
+#endif  // KVC_KERNELS_CUDA_EXECUTOR_OPS_LAUNCH_H_

@@ -1,0 +1,1077 @@
+#include "worker/cuda_executor.h"
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <tuple>
+#include <unordered_set>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/include/kvc/kernels/bf16.h"
+#include "kernels/include/kvc/kernels/cuda_kernels.h"
+#include "kernels/include/kvc/kernels/executor_ops.h"
+
+namespace kvc {
+namespace {
+
+using kernels::Bf16;
+using kernels::FloatToBf16;
+
+absl::Status CudaError(cudaError_t err, const std::string& what) {
+  cudaGetLastError();  // clear a non-sticky error so later calls are not blamed for it
+  const std::string msg = absl::StrCat(what, ": ", cudaGetErrorString(err));
+  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
+  if (err == cudaErrorNoDevice || err == cudaErrorInvalidDevice ||
+      err == cudaErrorInsufficientDriver) {
+    return absl::UnavailableError(msg);
+  }
+  return absl::InternalError(msg);
+}
+
+absl::Status CublasError(cublasStatus_t st, const std::string& what) {
+  const std::string msg = absl::StrCat(what, ": cuBLASLt status ", static_cast<int>(st));
+  if (st == CUBLAS_STATUS_ALLOC_FAILED) return absl::ResourceExhaustedError(msg);
+  return absl::InternalError(msg);
+}
+
+#define KVC_CUDA_RETURN_IF_ERROR(expr, what)                          \
+  do {                                                                \
+    const cudaError_t kvc_cuda_err_ = (expr);                         \
+    if (kvc_cuda_err_ != cudaSuccess) return CudaError(kvc_cuda_err_, (what)); \
+  } while (0)
+
+#define KVC_CUBLAS_RETURN_IF_ERROR(expr, what)                            \
+  do {                                                                    \
+    const cublasStatus_t kvc_cublas_st_ = (expr);                         \
+    if (kvc_cublas_st_ != CUBLAS_STATUS_SUCCESS) return CublasError(kvc_cublas_st_, (what)); \
+  } while (0)
+
+// Grow-only device buffer (cudaMalloc: 256-byte aligned). Growing frees the old buffer: callers
+// grow only while the stream is idle.
+class DevBuf {
+ public:
+  DevBuf() = default;
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  DevBuf(DevBuf&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DevBuf& operator=(DevBuf&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  ~DevBuf() { Free(); }
+  void Free() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+  absl::Status Reserve(size_t bytes, const char* what) {
+    if (bytes <= bytes_) return absl::OkStatus();
+    Free();
+    void* p = nullptr;
+    KVC_CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes),
+                             absl::StrCat("cudaMalloc of ", bytes, " bytes for ", what));
+    ptr_ = p;
+    bytes_ = bytes;
+    return absl::OkStatus();
+  }
+  template <typename T>
+  absl::Status Upload(const std::vector<T>& host, const char* what) {
+    RETURN_IF_ERROR(Reserve(std::max<size_t>(host.size() * sizeof(T), 1), what));
+    if (host.empty()) return absl::OkStatus();
+    KVC_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
+        absl::StrCat("upload of ", what));
+    return absl::OkStatus();
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Grow-only pinned host buffer.
+class PinnedBuf {
+ public:
+  PinnedBuf() = default;
+  PinnedBuf(const PinnedBuf&) = delete;
+  PinnedBuf& operator=(const PinnedBuf&) = delete;
+  ~PinnedBuf() {
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+  }
+  absl::Status Reserve(size_t bytes, const char* what) {
+    if (bytes <= bytes_) return absl::OkStatus();
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    void* p = nullptr;
+    KVC_CUDA_RETURN_IF_ERROR(cudaMallocHost(&p, bytes),
+                             absl::StrCat("cudaMallocHost of ", bytes, " bytes for ", what));
+    ptr_ = p;
+    bytes_ = bytes;
+    return absl::OkStatus();
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+std::vector<Bf16> ToBf16(const std::vector<float>& v) {
+  std::vector<Bf16> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = FloatToBf16(v[i]);
+  return out;
+}
+
+// Kernel head dim for a model head dim (0 = unsupported).
+int32_t StorageHeadDim(int32_t d) {
+  if (d <= 0 || d % 2 != 0) return 0;
+  if (d <= 64) return 64;
+  if (d <= 128) return 128;
+  return 0;
+}
+
+int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Reads scores and positions from the device, one synchronous copy per call.
+class DeviceSlotReader final : public KvSlotReader {
+ public:
+  DeviceSlotReader() = default;
+  void Init(const float* scores, const int32_t* positions, int32_t block_size, int64_t num_blocks,
+            int device) {
+    scores_ = scores;
+    positions_ = positions;
+    block_size_ = block_size;
+    num_blocks_ = num_blocks;
+    device_ = device;
+  }
+  float Score(int32_t block, int32_t offset) const override {
+    float v = std::numeric_limits<float>::quiet_NaN();
+    if (!InRange(block, offset, 1)) return v;
+    Copy(&v, scores_ + Index(block, offset), sizeof(float));
+    return v;
+  }
+  int32_t Position(int32_t block, int32_t offset) const override {
+    int32_t v = -1;
+    if (!InRange(block, offset, 1)) return v;
+    Copy(&v, positions_ + Index(block, offset), sizeof(int32_t));
+    return v;
+  }
+  void ReadBlock(int32_t block, int32_t count, float* scores, int32_t* positions) const override {
+    if (count <= 0) return;
+    if (!InRange(block, 0, count)) {
+      for (int32_t i = 0; i < count; ++i) {
+        scores[i] = std::numeric_limits<float>::quiet_NaN();
+        positions[i] = -1;
+      }
+      return;
+    }
+    Copy(scores, scores_ + Index(block, 0), sizeof(float) * count);
+    Copy(positions, positions_ + Index(block, 0), sizeof(int32_t) * count);
+  }
+
+ private:
+  bool InRange(int32_t block, int32_t offset, int32_t count) const {
+    return block >= 0 && block < num_blocks_ && offset >= 0 && offset + count <= block_size_;
+  }
+  int64_t Index(int32_t block, int32_t offset) const {
+    return static_cast<int64_t>(block) * block_size_ + offset;
+  }
+  void Copy(void* dst, const void* src, size_t bytes) const {
+    cudaSetDevice(device_);
+    const cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
+    if (err != cudaSuccess) {
+      // The interface has no status: report and leave NaN scores (never evicted).
+      KVC_LOG(ERROR) << "CudaExecutor slot reader: " << cudaGetErrorString(err);
+      std::memset(dst, 0xff, bytes);
+    }
+  }
+
+  const float* scores_ = nullptr;
+  const int32_t* positions_ = nullptr;
+  int32_t block_size_ = 0;
+  int64_t num_blocks_ = 0;
+  int device_ = 0;
+};
+
+// A cached cuBLASLt matmul of one shape: Y[n, m] (ld ldy) = X[n, k] (ld ldx) . W[m, k]^T (+ b).
+struct GemmPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~GemmPlan() {
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+using GemmKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool>;
+
+}  // namespace
+
+struct CudaExecutor::State {
+  ModelConfig config;
+  KvLayout layout;
+  int device = 0;
+  int32_t sms = 0;
+  int32_t d = 0, kd = 0, hq = 0, hkv = 0, hidden = 0, im = 0, imp = 0, vocab = 0, qkv_w = 0;
+  float scale = 0;
+
+  cudaStream_t stream = nullptr;
+  cublasLtHandle_t lt = nullptr;
+  static constexpr size_t kLtWorkspaceBytes = 32u << 20;
+  DevBuf lt_ws;
+  std::map<GemmKey, std::unique_ptr<GemmPlan>> gemm_plans;
+
+  struct Layer {
+    DevBuf input_norm, post_norm, qkv, qkv_bias, o, o_bias, gate_up, gate_up_bias, down,
+        down_bias;
+    bool has_qkv_bias = false, has_o_bias = false, has_mlp_bias = false;
+  };
+  std::vector<Layer> layers;
+  DevBuf embed, final_norm, lm_head, inv_freq;
+
+  DevBuf k, v, scores, positions;
+  DeviceSlotReader reader;
+
+  // Scratch (grown per Forward while the stream is idle).
+  DevBuf res, normed, qkv_act, attn, y, mlp, lse, g_res, g_y, lnin, logits, ws, meta, moves;
+  PinnedBuf meta_host, logits_host, moves_host;
+  size_t rows_cap = 0, out_cap = 0;
+
+  ~State() {
+    gemm_plans.clear();
+    if (lt != nullptr) cublasLtDestroy(lt);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  kernels::StreamHandle handle() const { return reinterpret_cast<kernels::StreamHandle>(stream); }
+
+  kernels::PagedKvCache Cache() const {
+    kernels::PagedKvCache c;
+    c.k = k.as<Bf16>();
+    c.v = v.as<Bf16>();
+    c.scores = scores.as<float>();
+    c.positions = positions.as<int32_t>();
+    c.num_blocks = layout.num_blocks;
+    c.block_size = layout.block_size;
+    c.head_dim = kd;
+    return c;
+  }
+
+  // Padded position of real element r of a head.
+  int32_t Pad(int32_t r) const { return r < d / 2 ? r : kd / 2 + (r - d / 2); }
+
+  absl::Status Gemm(const void* x, int64_t ldx, int64_t in, const DevBuf& w, const DevBuf* bias,
+                    int64_t n_out, void* y_out, int64_t ldy, int64_t rows, bool out_f32);
+};
+
+absl::Status CudaExecutor::State::Gemm(const void* x, int64_t ldx, int64_t in, const DevBuf& w,
+                                       const DevBuf* bias, int64_t n_out, void* y_out,
+                                       int64_t ldy, int64_t rows, bool out_f32) {
+  if (rows == 0) return absl::OkStatus();
+  const GemmKey key{n_out, rows, in, ldx, ldy, out_f32, bias != nullptr};
+  auto it = gemm_plans.find(key);
+  if (it == gemm_plans.end()) {
+    if (gemm_plans.size() > 4096) gemm_plans.clear();  // many distinct prefill lengths
+    auto plan = std::make_unique<GemmPlan>();
+    KVC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+                               "cublasLtMatmulDescCreate");
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    KVC_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)),
+        "TRANSA");
+    KVC_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)),
+        "TRANSB");
+    if (bias != nullptr) {
+      const cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+      KVC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+                                     plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)),
+                                 "EPILOGUE");
+      const void* bp = bias->as<void>();
+      KVC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+                                     plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)),
+                                 "BIAS_POINTER");
+    }
+    // Column-major view: A = W as [k, m] (ld k), op(A) = W; B = X as [k, n] (ld ldx);
+    // D = Y^T as [m, n] (ld ldy).
+    KVC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_16BF, in, n_out, in),
+                               "layout A");
+    KVC_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_16BF, in, rows, ldx),
+                               "layout B");
+    KVC_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatrixLayoutCreate(&plan->d, out_f32 ? CUDA_R_32F : CUDA_R_16BF, n_out, rows, ldy),
+        "layout D");
+    cublasLtMatmulPreference_t pref = nullptr;
+    KVC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&pref), "preference");
+    const size_t ws_bytes = kLtWorkspaceBytes;
+    cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
+                                         sizeof(ws_bytes));
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
+        lt, plan->desc, plan->a, plan->b, plan->d, plan->d, pref, 1, &result, &found);
+    cublasLtMatmulPreferenceDestroy(pref);
+    KVC_CUBLAS_RETURN_IF_ERROR(st, "cublasLtMatmulAlgoGetHeuristic");
+    if (found == 0) {
+      return absl::InternalError(absl::StrCat("cuBLASLt has no algorithm for a GEMM of m ", n_out,
+                                              " n ", rows, " k ", in));
+    }
+    plan->algo = result.algo;
+    it = gemm_plans.emplace(key, std::move(plan)).first;
+  }
+  GemmPlan& p = *it->second;
+  if (bias != nullptr) {
+    const void* bp = bias->as<void>();
+    KVC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+                                   p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)),
+                               "BIAS_POINTER");
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  KVC_CUBLAS_RETURN_IF_ERROR(
+      cublasLtMatmul(lt, p.desc, &alpha, w.as<void>(), p.a, x, p.b, &beta, y_out, p.d, y_out, p.d,
+                     &p.algo, lt_ws.as<void>(), kLtWorkspaceBytes, stream),
+      absl::StrCat("cublasLtMatmul (m ", n_out, " n ", rows, " k ", in, ")"));
+  return absl::OkStatus();
+}
+
+int64_t CudaExecutor::BytesPerBlock(const ModelConfig& config, int32_t block_size) {
+  const int64_t kd = std::max<int32_t>(StorageHeadDim(config.head_dim), 64);
+  return static_cast<int64_t>(block_size) * (2 * kd * 2 + 4 + 4);
+}
+
+CudaExecutor::CudaExecutor(std::unique_ptr<State> state) : s_(std::move(state)) {}
+CudaExecutor::~CudaExecutor() {
+  if (s_ != nullptr) {
+    cudaSetDevice(s_->device);
+    if (s_->stream != nullptr) cudaStreamSynchronize(s_->stream);
+  }
+}
+
+const ModelConfig& CudaExecutor::config() const { return s_->config; }
+const KvLayout& CudaExecutor::layout() const { return s_->layout; }
+const KvSlotReader& CudaExecutor::slot_reader() const { return s_->reader; }
+int32_t CudaExecutor::storage_head_dim() const { return s_->kd; }
+
+absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(
+    std::shared_ptr<const ModelWeights> weights, int64_t num_blocks, int32_t block_size,
+    int device) {
+  if (weights == nullptr) return absl::InvalidArgumentError("CudaExecutor: weights are null");
+  const ModelConfig& c = weights->config;
+  RETURN_IF_ERROR(Annotate(c.Validate(), "CudaExecutor: model config"));
+  if (static_cast<int32_t>(weights->layers.size()) != c.num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaExecutor: weights hold ",
+                                                   weights->layers.size(), " layers, config ",
+                                                   c.num_hidden_layers));
+  }
+  if (num_blocks < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("num_blocks must be >= 1, got ", num_blocks));
+  }
+  if (num_blocks > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("num_blocks ", num_blocks, " is too large"));
+  }
+  if (block_size != 8 && block_size != 16 && block_size != 32) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "block_size must be 8, 16 or 32 on the CUDA backend, got ", block_size));
+  }
+  const int32_t kd = StorageHeadDim(c.head_dim);
+  if (kd == 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CudaExecutor: head_dim ", c.head_dim, " is not supported (even, at most 128)"));
+  }
+  const int32_t group = c.num_attention_heads / c.num_key_value_heads;
+  if (c.num_attention_heads % c.num_key_value_heads != 0 ||
+      (group != 1 && group != 2 && group != 4 && group != 8)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CudaExecutor: GQA group size ", c.num_attention_heads, "/",
+                     c.num_key_value_heads, " is not supported (1, 2, 4 or 8)"));
+  }
+  if (c.hidden_size % 8 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CudaExecutor: hidden_size ", c.hidden_size, " must be a multiple of 8"));
+  }
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count) {
+    cudaGetLastError();
+    return absl::UnavailableError(
+        absl::StrCat("CudaExecutor: no CUDA device ", device, " (", count, " visible)"));
+  }
+  KVC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device), "cudaSetDevice");
+
+  auto s = std::make_unique<State>();
+  s->config = c;
+  s->device = device;
+  s->sms = kernels::CurrentDeviceSmCount();
+  s->d = c.head_dim;
+  s->kd = kd;
+  s->hq = c.num_attention_heads;
+  s->hkv = c.num_key_value_heads;
+  s->hidden = c.hidden_size;
+  s->im = c.intermediate_size;
+  s->imp = static_cast<int32_t>(RoundUp(c.intermediate_size, 8));
+  s->vocab = c.vocab_size;
+  s->qkv_w = (s->hq + 2 * s->hkv) * kd;
+  s->scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  s->layout.num_layers = c.num_hidden_layers;
+  s->layout.num_kv_heads = c.num_key_value_heads;
+  s->layout.head_dim = c.head_dim;
+  s->layout.block_size = block_size;
+  s->layout.num_blocks = num_blocks;
+
+  KVC_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking),
+                           "cudaStreamCreate");
+  KVC_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&s->lt), "cublasLtCreate");
+  RETURN_IF_ERROR(s->lt_ws.Reserve(State::kLtWorkspaceBytes, "cuBLASLt workspace"));
+
+  // ---- weights: fp32 host -> padded bf16 device ----
+  const int32_t d = s->d, hq = s->hq, hkv = s->hkv, h = s->hidden, im = s->im, imp = s->imp;
+  const State& st = *s;
+  for (int32_t l = 0; l < c.num_hidden_layers; ++l) {
+    const LayerWeights& lw = weights->layers[l];
+    State::Layer L;
+    RETURN_IF_ERROR(L.input_norm.Upload(ToBf16(lw.input_norm), "input_layernorm"));
+    RETURN_IF_ERROR(L.post_norm.Upload(ToBf16(lw.post_norm), "post_attention_layernorm"));
+    // Fused, padded QKV [(hq + 2 hkv) * kd, h]: q heads, then k heads, then v heads.
+    std::vector<float> qkv(static_cast<size_t>(s->qkv_w) * h, 0.0f);
+    std::vector<float> qkv_b(s->qkv_w, 0.0f);
+    auto put_heads = [&](const std::vector<float>& wt, const std::vector<float>& b, int32_t heads,
+                         int32_t first_row) {
+      for (int32_t hd = 0; hd < heads; ++hd) {
+        for (int32_t r = 0; r < d; ++r) {
+          const int64_t src = static_cast<int64_t>(hd) * d + r;
+          const int64_t dst = first_row + static_cast<int64_t>(hd) * kd + st.Pad(r);
+          std::memcpy(&qkv[dst * h], &wt[src * h], sizeof(float) * h);
+          if (!b.empty()) qkv_b[dst] = b[src];
+        }
+      }
+    };
+    put_heads(lw.q_proj, lw.q_bias, hq, 0);
+    put_heads(lw.k_proj, lw.k_bias, hkv, hq * kd);
+    put_heads(lw.v_proj, lw.v_bias, hkv, (hq + hkv) * kd);
+    RETURN_IF_ERROR(L.qkv.Upload(ToBf16(qkv), "qkv_proj"));
+    L.has_qkv_bias = !lw.q_bias.empty() || !lw.k_bias.empty() || !lw.v_bias.empty();
+    if (L.has_qkv_bias) RETURN_IF_ERROR(L.qkv_bias.Upload(ToBf16(qkv_b), "qkv bias"));
+    // o_proj [h, hq * kd], columns padded like the heads.
+    std::vector<float> o(static_cast<size_t>(h) * hq * kd, 0.0f);
+    for (int32_t row = 0; row < h; ++row) {
+      for (int32_t hd = 0; hd < hq; ++hd) {
+        for (int32_t r = 0; r < d; ++r) {
+          o[static_cast<int64_t>(row) * hq * kd + hd * kd + st.Pad(r)] =
+              lw.o_proj[static_cast<int64_t>(row) * hq * d + hd * d + r];
+        }
+      }
+    }
+    RETURN_IF_ERROR(L.o.Upload(ToBf16(o), "o_proj"));
+    L.has_o_bias = !lw.o_bias.empty();
+    if (L.has_o_bias) RETURN_IF_ERROR(L.o_bias.Upload(ToBf16(lw.o_bias), "o_proj bias"));
+    // Fused gate/up [2 * imp, h] (zero rows im..imp of each half) and down [h, imp].
+    std::vector<float> gu(static_cast<size_t>(2) * imp * h, 0.0f);
+    std::memcpy(gu.data(), lw.gate_proj.data(), sizeof(float) * im * h);
+    std::memcpy(gu.data() + static_cast<size_t>(imp) * h, lw.up_proj.data(),
+                sizeof(float) * im * h);
+    RETURN_IF_ERROR(L.gate_up.Upload(ToBf16(gu), "gate_up_proj"));
+    std::vector<float> dn(static_cast<size_t>(h) * imp, 0.0f);
+    for (int32_t row = 0; row < h; ++row) {
+      std::memcpy(&dn[static_cast<size_t>(row) * imp], &lw.down_proj[static_cast<size_t>(row) * im],
+                  sizeof(float) * im);
+    }
+    RETURN_IF_ERROR(L.down.Upload(ToBf16(dn), "down_proj"));
+    L.has_mlp_bias = !lw.gate_bias.empty() || !lw.up_bias.empty() || !lw.down_bias.empty();
+    if (L.has_mlp_bias) {
+      std::vector<float> gub(2 * imp, 0.0f);
+      for (int32_t i = 0; i < im; ++i) {
+        if (!lw.gate_bias.empty()) gub[i] = lw.gate_bias[i];
+        if (!lw.up_bias.empty()) gub[imp + i] = lw.up_bias[i];
+      }
+      RETURN_IF_ERROR(L.gate_up_bias.Upload(ToBf16(gub), "gate_up bias"));
+      std::vector<float> db = lw.down_bias;
+      db.resize(h, 0.0f);
+      RETURN_IF_ERROR(L.down_bias.Upload(ToBf16(db), "down_proj bias"));
+    }
+    s->layers.push_back(std::move(L));
+  }
+  RETURN_IF_ERROR(s->embed.Upload(ToBf16(weights->embed_tokens), "embed_tokens"));
+  RETURN_IF_ERROR(s->final_norm.Upload(ToBf16(weights->final_norm), "norm"));
+  if (!c.tie_word_embeddings) {
+    RETURN_IF_ERROR(s->lm_head.Upload(ToBf16(weights->lm_head), "lm_head"));
+  }
+  cpu::RopeFrequencyParams rp;
+  rp.head_dim = c.head_dim;
+  rp.theta = c.rope_theta;
+  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
+    rp.llama3 = true;
+    rp.factor = c.rope_scaling.factor;
+    rp.low_freq_factor = c.rope_scaling.low_freq_factor;
+    rp.high_freq_factor = c.rope_scaling.high_freq_factor;
+    rp.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
+  }
+  std::vector<float> inv = cpu::RopeInvFreq(rp);
+  inv.resize(kd / 2, 0.0f);  // padded pairs rotate zeros
+  RETURN_IF_ERROR(s->inv_freq.Upload(inv, "rope inv_freq"));
+
+  // ---- KV pool ----
+  const int64_t slots = num_blocks * block_size;
+  RETURN_IF_ERROR(s->k.Reserve(slots * kd * sizeof(Bf16), "K pool"));
+  RETURN_IF_ERROR(s->v.Reserve(slots * kd * sizeof(Bf16), "V pool"));
+  RETURN_IF_ERROR(s->scores.Reserve(slots * sizeof(float), "score pool"));
+  RETURN_IF_ERROR(s->positions.Reserve(slots * sizeof(int32_t), "position pool"));
+  // Zeroed: padded elements must be zero, and nothing reads an unwritten slot as NaN.
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->k.as<void>(), 0, slots * kd * sizeof(Bf16)), "memset K");
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->v.as<void>(), 0, slots * kd * sizeof(Bf16)), "memset V");
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->scores.as<void>(), 0, slots * sizeof(float)),
+                           "memset scores");
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->positions.as<void>(), 0, slots * sizeof(int32_t)),
+                           "memset positions");
+  KVC_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize(), "CudaExecutor setup");
+  s->reader.Init(s->scores.as<float>(), s->positions.as<int32_t>(), block_size, num_blocks,
+                 device);
+  KVC_LOG(INFO) << "CudaExecutor: " << c.name << " on device " << device << " (" << s->sms
+                << " SMs), head_dim " << d << " (stored " << kd << "), " << num_blocks
+                << " blocks of " << block_size;
+  return std::unique_ptr<CudaExecutor>(new CudaExecutor(std::move(s)));
+}
+
+namespace {
+
+absl::Status ValidateBatch(const ForwardBatch& batch, const ModelConfig& c,
+                           const KvLayout& layout) {
+  const int32_t bs = layout.block_size;
+  if (batch.score_pool_kernel < 0 ||
+      (batch.score_pool_kernel > 1 && batch.score_pool_kernel % 2 == 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "batch.score_pool_kernel must be 0, 1 or odd, got ", batch.score_pool_kernel));
+  }
+  for (size_t i = 0; i < batch.seqs.size(); ++i) {
+    const ForwardSequence& s = batch.seqs[i];
+    auto bad = [&](const std::string& what) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("batch.seqs[", i, "] (seq_id ", s.seq_id, "): ", what));
+    };
+    const int64_t n = static_cast<int64_t>(s.tokens.size());
+    if (n == 0) return bad("tokens is empty");
+    if (s.start_position < 0) return bad(absl::StrCat("start_position ", s.start_position, " < 0"));
+    if (s.start_position + n - 1 > std::numeric_limits<int32_t>::max()) {
+      return bad("start_position + tokens overflows int32");
+    }
+    for (int64_t t = 0; t < n; ++t) {
+      if (s.tokens[t] < 0 || s.tokens[t] >= c.vocab_size) {
+        return bad(absl::StrCat("tokens[", t, "] = ", s.tokens[t],
+                                " is outside the vocabulary [0, ", c.vocab_size, ")"));
+      }
+    }
+    if (s.score_queries < 0) return bad(absl::StrCat("score_queries ", s.score_queries, " < 0"));
+    if (s.tables == nullptr) return bad("tables is null");
+    if (static_cast<int32_t>(s.tables->heads.size()) != layout.heads_per_seq()) {
+      return bad(absl::StrCat("tables has ", s.tables->heads.size(), " heads, expected ",
+                              layout.heads_per_seq(), " (layers x kv heads)"));
+    }
+    for (size_t h = 0; h < s.tables->heads.size(); ++h) {
+      const HeadBlockTable& t = s.tables->heads[h];
+      if (t.num_kvs < n) {
+        return bad(absl::StrCat("tables.heads[", h, "].num_kvs ", t.num_kvs, " < tokens ", n,
+                                " (room for the new tokens must be reserved)"));
+      }
+      const int64_t want_blocks = (static_cast<int64_t>(t.num_kvs) + bs - 1) / bs;
+      if (static_cast<int64_t>(t.blocks.size()) != want_blocks) {
+        return bad(absl::StrCat("tables.heads[", h, "] has ", t.blocks.size(), " blocks for ",
+                                t.num_kvs, " KVs, expected ", want_blocks));
+      }
+      for (int32_t b : t.blocks) {
+        if (b < 0 || b >= layout.num_blocks) {
+          return bad(absl::StrCat("tables.heads[", h, "] holds block id ", b, " outside [0, ",
+                                  layout.num_blocks, ")"));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+// A run of consecutive prefill-group sequences that share one window-score launch.
+struct WindowRun {
+  int32_t first = 0, count = 0, window = 0, pool = 0;
+  std::vector<int32_t> max_kvs;  // per layer
+};
+
+}  // namespace
+
+absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out) {
+  if (out == nullptr) return absl::InvalidArgumentError("Forward: out is null");
+  State& s = *s_;
+  RETURN_IF_ERROR(ValidateBatch(batch, s.config, s.layout));
+  KVC_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device), "cudaSetDevice");
+  const int32_t L = s.config.num_hidden_layers, H = s.hkv, kd = s.kd, h = s.hidden;
+  const size_t nb = batch.seqs.size();
+  out->vocab_size = s.vocab;
+  out->logits.clear();
+  if (nb == 0) return absl::OkStatus();
+
+  // ---- internal order: P (prefill / pooled), D0 (decode), D1 (decode + scores) ----
+  const int32_t pool_kernel = batch.score_pool_kernel > 1 ? batch.score_pool_kernel : 0;
+  auto scored = [&](const ForwardSequence& f) {
+    return std::min<int64_t>(f.score_queries, static_cast<int64_t>(f.tokens.size()));
+  };
+  auto pooled = [&](const ForwardSequence& f) {
+    return scored(f) > 0 && f.score_pool && pool_kernel > 1;
+  };
+  std::vector<int32_t> P, D0, D1;
+  for (size_t i = 0; i < nb; ++i) {
+    const ForwardSequence& f = batch.seqs[i];
+    if (f.tokens.size() > 1 || pooled(f)) {
+      P.push_back(static_cast<int32_t>(i));
+    } else if (scored(f) > 0) {
+      D1.push_back(static_cast<int32_t>(i));
+    } else {
+      D0.push_back(static_cast<int32_t>(i));
+    }
+  }
+  // Group P by window-score settings so each setting is one contiguous run.
+  auto run_key = [&](int32_t i) {
+    const ForwardSequence& f = batch.seqs[i];
+    return std::make_pair(scored(f) > 0 ? f.score_queries : 0, pooled(f) ? 1 : 0);
+  };
+  std::stable_sort(P.begin(), P.end(),
+                   [&](int32_t a, int32_t b) { return run_key(a) < run_key(b); });
+  std::vector<int32_t> order = P;
+  order.insert(order.end(), D0.begin(), D0.end());
+  order.insert(order.end(), D1.begin(), D1.end());
+  const int32_t S = static_cast<int32_t>(nb);
+  const int32_t nP = static_cast<int32_t>(P.size()), nD0 = static_cast<int32_t>(D0.size()),
+                nD1 = static_cast<int32_t>(D1.size());
+  std::vector<int32_t> inv(nb);
+  for (int32_t i = 0; i < S; ++i) inv[order[i]] = i;
+
+  std::vector<int64_t> cu(S + 1, 0);
+  for (int32_t i = 0; i < S; ++i) cu[i + 1] = cu[i] + batch.seqs[order[i]].tokens.size();
+  if (cu[S] > std::numeric_limits<int32_t>::max() / 2) {
+    return absl::InvalidArgumentError("Forward: too many tokens in one batch");
+  }
+  const int32_t T = static_cast<int32_t>(cu[S]);
+  int32_t max_q_len = 0;
+  for (int32_t i = 0; i < nP; ++i) {
+    max_q_len = std::max<int32_t>(max_q_len, static_cast<int32_t>(cu[i + 1] - cu[i]));
+  }
+  // Rows that return logits, in batch order.
+  std::vector<int32_t> out_rows;
+  for (size_t b = 0; b < nb; ++b) {
+    const int32_t i = inv[b];
+    if (batch.seqs[b].all_logits) {
+      for (int64_t r = cu[i]; r < cu[i + 1]; ++r) out_rows.push_back(static_cast<int32_t>(r));
+    } else {
+      out_rows.push_back(static_cast<int32_t>(cu[i + 1] - 1));
+    }
+  }
+  const int32_t O = static_cast<int32_t>(out_rows.size());
+
+  // ---- host metadata: ids, positions, cu, out rows, per-layer tables ----
+  int64_t total_blocks = 0;
+  for (int32_t i = 0; i < S; ++i) {
+    for (const HeadBlockTable& t : batch.seqs[order[i]].tables->heads) {
+      total_blocks += static_cast<int64_t>(t.blocks.size());
+    }
+  }
+  const int64_t n_heads = static_cast<int64_t>(L) * S * H;
+  const int64_t off_ids = 0, off_pos = T, off_cu = 2 * static_cast<int64_t>(T),
+                off_out = off_cu + S + 1, off_toff = off_out + O, off_nkv = off_toff + n_heads,
+                off_blocks = off_nkv + n_heads, meta_n = off_blocks + total_blocks;
+  if (meta_n > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError("Forward: batch block tables too large");
+  }
+  RETURN_IF_ERROR(s.meta_host.Reserve(meta_n * sizeof(int32_t), "batch metadata (host)"));
+  RETURN_IF_ERROR(s.meta.Reserve(meta_n * sizeof(int32_t), "batch metadata"));
+  int32_t* mh = s.meta_host.as<int32_t>();
+  for (int32_t i = 0; i < S; ++i) {
+    const ForwardSequence& f = batch.seqs[order[i]];
+    for (size_t t = 0; t < f.tokens.size(); ++t) {
+      mh[off_ids + cu[i] + t] = f.tokens[t];
+      mh[off_pos + cu[i] + t] = f.start_position + static_cast<int32_t>(t);
+    }
+  }
+  for (int32_t i = 0; i <= S; ++i) mh[off_cu + i] = static_cast<int32_t>(cu[i]);
+  for (int32_t r = 0; r < O; ++r) mh[off_out + r] = out_rows[r];
+  // Per layer: max num_kvs of all / P / D0 / D1 and of each window run.
+  std::vector<int32_t> max_all(L, 0), max_p(L, 0), max_d0(L, 0), max_d1(L, 0);
+  {
+    int64_t at = 0;
+    for (int32_t l = 0; l < L; ++l) {
+      for (int32_t i = 0; i < S; ++i) {
+        const SequenceBlockTables& st = *batch.seqs[order[i]].tables;
+        for (int32_t j = 0; j < H; ++j) {
+          const HeadBlockTable& t = st.heads[s.layout.HeadIndex(l, j)];
+          const int64_t hi = (static_cast<int64_t>(l) * S + i) * H + j;
+          mh[off_toff + hi] = static_cast<int32_t>(at);
+          mh[off_nkv + hi] = t.num_kvs;
+          std::memcpy(mh + off_blocks + at, t.blocks.data(), sizeof(int32_t) * t.blocks.size());
+          at += static_cast<int64_t>(t.blocks.size());
+          max_all[l] = std::max(max_all[l], t.num_kvs);
+          int32_t& grp = i < nP ? max_p[l] : (i < nP + nD0 ? max_d0[l] : max_d1[l]);
+          grp = std::max(grp, t.num_kvs);
+        }
+      }
+    }
+  }
+  std::vector<WindowRun> runs;
+  for (int32_t i = 0; i < nP;) {
+    const auto key = run_key(order[i]);
+    int32_t j = i;
+    while (j < nP && run_key(order[j]) == key) ++j;
+    if (key.first > 0) {
+      WindowRun r;
+      r.first = i;
+      r.count = j - i;
+      r.window = key.first;
+      r.pool = key.second ? pool_kernel : 0;
+      r.max_kvs.assign(L, 0);
+      for (int32_t l = 0; l < L; ++l) {
+        for (int32_t q = i; q < j; ++q) {
+          for (int32_t hh = 0; hh < H; ++hh) {
+            r.max_kvs[l] = std::max(r.max_kvs[l], mh[off_nkv + (static_cast<int64_t>(l) * S + q) *
+                                                                   H + hh]);
+          }
+        }
+      }
+      runs.push_back(std::move(r));
+    }
+    i = j;
+  }
+  // Decode plans and the shared attention workspace.
+  std::vector<kernels::DecodeAttentionPlan> plan_d0(L), plan_d1(L);
+  int64_t ws_bytes = 256;
+  for (int32_t l = 0; l < L; ++l) {
+    if (nD0 > 0) {
+      plan_d0[l] = kernels::MakeDecodeAttentionPlan(nD0, H, s.hq, kd, std::max(max_d0[l], 1),
+                                                    s.sms, false);
+      ws_bytes = std::max(ws_bytes, plan_d0[l].workspace_bytes);
+    }
+    if (nD1 > 0) {
+      plan_d1[l] = kernels::MakeDecodeAttentionPlan(nD1, H, s.hq, kd, std::max(max_d1[l], 1),
+                                                    s.sms, true);
+      ws_bytes = std::max(ws_bytes, plan_d1[l].workspace_bytes);
+    }
+    for (const WindowRun& r : runs) {
+      ws_bytes = std::max(ws_bytes,
+                          kernels::WindowScoreWorkspaceBytes(r.count, H, s.hq, r.max_kvs[l]));
+    }
+  }
+
+  // ---- scratch (the stream is idle here: the previous call synchronised) ----
+  const size_t rows = static_cast<size_t>(T);
+  auto bf = [](size_t n) { return n * sizeof(Bf16); };
+  RETURN_IF_ERROR(s.res.Reserve(bf(rows * h), "residual"));
+  RETURN_IF_ERROR(s.normed.Reserve(bf(rows * h), "normed"));
+  RETURN_IF_ERROR(s.qkv_act.Reserve(bf(rows * s.qkv_w), "qkv"));
+  RETURN_IF_ERROR(s.attn.Reserve(bf(rows * s.hq * kd), "attention output"));
+  RETURN_IF_ERROR(s.y.Reserve(bf(rows * h), "projection output"));
+  RETURN_IF_ERROR(s.mlp.Reserve(bf(rows * 2 * s.imp), "mlp"));
+  RETURN_IF_ERROR(s.lse.Reserve(rows * s.hq * sizeof(float), "lse"));
+  RETURN_IF_ERROR(s.g_res.Reserve(bf(static_cast<size_t>(O) * h), "gathered residual"));
+  RETURN_IF_ERROR(s.g_y.Reserve(bf(static_cast<size_t>(O) * h), "gathered output"));
+  RETURN_IF_ERROR(s.lnin.Reserve(bf(static_cast<size_t>(O) * h), "final norm"));
+  const size_t logits_bytes = static_cast<size_t>(O) * s.vocab * sizeof(float);
+  RETURN_IF_ERROR(s.logits.Reserve(logits_bytes, "logits"));
+  RETURN_IF_ERROR(s.logits_host.Reserve(logits_bytes, "logits (host)"));
+  RETURN_IF_ERROR(s.ws.Reserve(static_cast<size_t>(ws_bytes), "attention workspace"));
+  try {
+    out->logits.resize(static_cast<size_t>(O) * s.vocab);
+  } catch (const std::bad_alloc&) {
+    return absl::ResourceExhaustedError(absl::StrCat("Forward: cannot allocate ", O,
+                                                     " rows of logits"));
+  }
+
+  cudaStream_t stream = s.stream;
+  const kernels::StreamHandle sh = s.handle();
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.meta.as<void>(), mh, meta_n * sizeof(int32_t),
+                                           cudaMemcpyHostToDevice, stream),
+                           "upload of batch metadata");
+  const int32_t* d_meta = s.meta.as<int32_t>();
+  const int32_t* d_ids = d_meta + off_ids;
+  const int32_t* d_pos = d_meta + off_pos;
+  const int32_t* d_cu = d_meta + off_cu;
+  const int32_t* d_out = d_meta + off_out;
+  const int32_t* d_toff = d_meta + off_toff;
+  const int32_t* d_nkv = d_meta + off_nkv;
+  const int32_t* d_blocks = d_meta + off_blocks;
+
+  Bf16* res = s.res.as<Bf16>();
+  Bf16* normed = s.normed.as<Bf16>();
+  Bf16* qkv = s.qkv_act.as<Bf16>();
+  Bf16* attn = s.attn.as<Bf16>();
+  Bf16* y = s.y.as<Bf16>();
+  Bf16* mlp = s.mlp.as<Bf16>();
+  float* lse = s.lse.as<float>();
+  const int64_t attn_w = static_cast<int64_t>(s.hq) * kd;
+  const kernels::PagedKvCache cache = s.Cache();
+
+  {
+    kernels::GatherRowsParams gp;
+    gp.rows = T;
+    gp.dim = h;
+    gp.src = s.embed.as<Bf16>();
+    gp.src_rows = s.vocab;
+    gp.index = d_ids;
+    gp.out = res;
+    RETURN_IF_ERROR(kernels::GatherRows(gp, sh));
+  }
+  auto rms_norm = [&](const Bf16* x, Bf16* residual, const DevBuf& weight, Bf16* o,
+                      int32_t nrows) {
+    kernels::RmsNormParams np;
+    np.rows = nrows;
+    np.dim = h;
+    np.eps = s.config.rms_norm_eps;
+    np.x = x;
+    np.weight = weight.as<Bf16>();
+    np.residual = residual;
+    np.out = o;
+    return kernels::RmsNorm(np, sh);
+  };
+  auto tables = [&](int32_t l, int32_t first, int32_t count, int32_t max_kvs) {
+    kernels::HeadTables t;
+    t.block_ids = d_blocks;
+    t.table_offsets = d_toff + (static_cast<int64_t>(l) * S + first) * H;
+    t.num_kvs = d_nkv + (static_cast<int64_t>(l) * S + first) * H;
+    t.num_seqs = count;
+    t.num_kv_heads = H;
+    t.max_num_kvs = max_kvs;
+    return t;
+  };
+
+  for (int32_t l = 0; l < L; ++l) {
+    const State::Layer& lw = s.layers[l];
+    if (l == 0) {
+      RETURN_IF_ERROR(rms_norm(res, nullptr, lw.input_norm, normed, T));
+    } else {
+      RETURN_IF_ERROR(rms_norm(y, res, lw.input_norm, normed, T));
+    }
+    RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.qkv, lw.has_qkv_bias ? &lw.qkv_bias : nullptr,
+                           s.qkv_w, qkv, s.qkv_w, T, false));
+    {
+      kernels::RopeParams rp;
+      rp.num_tokens = T;
+      rp.num_heads = s.hq + H;
+      rp.head_dim = kd;
+      rp.x = qkv;
+      rp.stride = s.qkv_w;
+      rp.first_head_offset = 0;
+      rp.positions = d_pos;
+      rp.inv_freq = s.inv_freq.as<float>();
+      RETURN_IF_ERROR(kernels::Rope(rp, sh));
+    }
+    {
+      kernels::KvAppendParams ap;
+      ap.cache = cache;
+      ap.tables = tables(l, 0, S, max_all[l]);
+      ap.num_tokens = T;
+      ap.cu_tokens = d_cu;
+      ap.token_positions = d_pos;
+      ap.k = qkv + static_cast<int64_t>(s.hq) * kd;
+      ap.k_stride = s.qkv_w;
+      ap.v = qkv + static_cast<int64_t>(s.hq + H) * kd;
+      ap.v_stride = s.qkv_w;
+      RETURN_IF_ERROR(kernels::AppendKv(ap, sh));
+    }
+    if (nP > 0) {
+      kernels::PrefillAttentionParams pp;
+      pp.cache = cache;
+      pp.tables = tables(l, 0, nP, max_p[l]);
+      pp.num_q_heads = s.hq;
+      pp.scale = s.scale;
+      pp.num_tokens = static_cast<int32_t>(cu[nP]);
+      pp.max_q_len = max_q_len;
+      pp.cu_q = d_cu;
+      pp.q_positions = d_pos;
+      pp.q = qkv;
+      pp.q_stride = s.qkv_w;
+      pp.out = attn;
+      pp.out_stride = attn_w;
+      pp.lse = lse;
+      RETURN_IF_ERROR(kernels::PrefillAttention(pp, sh));
+      for (const WindowRun& r : runs) {
+        kernels::WindowScoreParams wp;
+        wp.cache = cache;
+        wp.tables = tables(l, r.first, r.count, r.max_kvs[l]);
+        wp.num_q_heads = s.hq;
+        wp.scale = s.scale;
+        wp.window = r.window;
+        wp.pool_kernel = r.pool;
+        wp.cu_q = d_cu + r.first;
+        wp.q_positions = d_pos;
+        wp.q = qkv;
+        wp.q_stride = s.qkv_w;
+        wp.lse = lse;
+        wp.workspace = s.ws.as<void>();
+        wp.workspace_bytes = static_cast<int64_t>(s.ws.bytes());
+        RETURN_IF_ERROR(kernels::AccumulateWindowScores(wp, sh));
+      }
+    }
+    auto decode = [&](int32_t first, int32_t count, int32_t max_kvs,
+                      const kernels::DecodeAttentionPlan& plan, bool scores) {
+      kernels::DecodeAttentionParams dp;
+      dp.cache = cache;
+      dp.tables = tables(l, first, count, max_kvs);
+      dp.num_q_heads = s.hq;
+      dp.scale = s.scale;
+      dp.q = qkv + cu[first] * s.qkv_w;
+      dp.q_stride = s.qkv_w;
+      dp.out = attn + cu[first] * attn_w;
+      dp.out_stride = attn_w;
+      dp.accumulate_scores = scores;
+      dp.num_splits = plan.num_splits;
+      dp.chunk_size = plan.chunk_size;
+      dp.workspace = s.ws.as<void>();
+      dp.workspace_bytes = static_cast<int64_t>(s.ws.bytes());
+      return kernels::DecodeAttention(dp, sh);
+    };
+    if (nD0 > 0) RETURN_IF_ERROR(decode(nP, nD0, max_d0[l], plan_d0[l], false));
+    if (nD1 > 0) RETURN_IF_ERROR(decode(nP + nD0, nD1, max_d1[l], plan_d1[l], true));
+
+    RETURN_IF_ERROR(s.Gemm(attn, attn_w, attn_w, lw.o, lw.has_o_bias ? &lw.o_bias : nullptr, h,
+                           y, h, T, false));
+    RETURN_IF_ERROR(rms_norm(y, res, lw.post_norm, normed, T));
+    RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.gate_up,
+                           lw.has_mlp_bias ? &lw.gate_up_bias : nullptr, 2 * s.imp, mlp,
+                           2 * s.imp, T, false));
+    {
+      kernels::SwiGluParams sp;
+      sp.rows = T;
+      sp.dim = s.imp;
+      sp.gate = mlp;
+      sp.gate_stride = 2 * s.imp;
+      sp.up = mlp + s.imp;
+      sp.up_stride = 2 * s.imp;
+      sp.out = mlp;
+      sp.out_stride = 2 * s.imp;
+      RETURN_IF_ERROR(kernels::SwiGlu(sp, sh));
+    }
+    RETURN_IF_ERROR(s.Gemm(mlp, 2 * s.imp, s.imp, lw.down,
+                           lw.has_mlp_bias ? &lw.down_bias : nullptr, h, y, h, T, false));
+  }
+
+  // Final residual add + norm on the rows that return logits, then the LM head (fp32 out).
+  for (auto [src, dst] : {std::pair<Bf16*, Bf16*>{y, s.g_y.as<Bf16>()},
+                          std::pair<Bf16*, Bf16*>{res, s.g_res.as<Bf16>()}}) {
+    kernels::GatherRowsParams gp;
+    gp.rows = O;
+    gp.dim = h;
+    gp.src = src;
+    gp.src_rows = T;
+    gp.index = d_out;
+    gp.out = dst;
+    RETURN_IF_ERROR(kernels::GatherRows(gp, sh));
+  }
+  RETURN_IF_ERROR(rms_norm(s.g_y.as<Bf16>(), s.g_res.as<Bf16>(), s.final_norm, s.lnin.as<Bf16>(),
+                           O));
+  const DevBuf& head = s.config.tie_word_embeddings ? s.embed : s.lm_head;
+  RETURN_IF_ERROR(s.Gemm(s.lnin.as<Bf16>(), h, h, head, nullptr, s.vocab, s.logits.as<float>(),
+                         s.vocab, O, true));
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.logits_host.as<void>(), s.logits.as<void>(),
+                                           logits_bytes, cudaMemcpyDeviceToHost, stream),
+                           "logits download");
+  KVC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "Forward");
+  std::memcpy(out->logits.data(), s.logits_host.as<float>(), logits_bytes);
+  return absl::OkStatus();
+}
+
+absl::Status CudaExecutor::MoveKvs(std::span<const KvMove> moves) {
+  State& s = *s_;
+  const int32_t bs = s.layout.block_size;
+  for (size_t i = 0; i < moves.size(); ++i) {
+    const KvMove& m = moves[i];
+    for (auto [block, offset, what] :
+         {std::tuple<int32_t, int32_t, const char*>{m.src_block, m.src_offset, "source"},
+          std::tuple<int32_t, int32_t, const char*>{m.dst_block, m.dst_offset, "destination"}}) {
+      if (block < 0 || block >= s.layout.num_blocks || offset < 0 || offset >= bs) {
+        return absl::InvalidArgumentError(absl::StrCat("MoveKvs: moves[", i, "] ", what,
+                                                       " (block ", block, ", offset ", offset,
+                                                       ") is out of range"));
+      }
+    }
+  }
+  if (moves.empty()) return absl::OkStatus();
+  KVC_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device), "cudaSetDevice");
+  const size_t n = moves.size();
+  RETURN_IF_ERROR(s.moves_host.Reserve(2 * n * sizeof(int64_t), "moves (host)"));
+  RETURN_IF_ERROR(s.moves.Reserve(2 * n * sizeof(int64_t), "moves"));
+  int64_t* src = s.moves_host.as<int64_t>();
+  int64_t* dst = src + n;
+  // Waves of independent moves: a move that reads a slot written earlier in the wave, or writes
+  // a slot read or written earlier in the wave, starts a new wave.
+  std::vector<std::pair<size_t, size_t>> waves;  // [begin, end) into src/dst
+  std::unordered_set<int64_t> reads, writes;
+  size_t count = 0, wave_begin = 0;
+  for (const KvMove& m : moves) {
+    const int64_t a = static_cast<int64_t>(m.src_block) * bs + m.src_offset;
+    const int64_t b = static_cast<int64_t>(m.dst_block) * bs + m.dst_offset;
+    if (a == b) continue;
+    if (writes.count(a) || reads.count(b) || writes.count(b)) {
+      waves.push_back({wave_begin, count});
+      wave_begin = count;
+      reads.clear();
+      writes.clear();
+    }
+    reads.insert(a);
+    writes.insert(b);
+    src[count] = a;
+    dst[count] = b;
+    ++count;
+  }
+  if (count > wave_begin) waves.push_back({wave_begin, count});
+  if (count == 0) return absl::OkStatus();
+  // Keep the two halves contiguous for one upload: dst follows src at offset n.
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.moves.as<void>(), src, 2 * n * sizeof(int64_t),
+                                           cudaMemcpyHostToDevice, s.stream),
+                           "upload of moves");
+  const int64_t* d_src = s.moves.as<int64_t>();
+  const int64_t* d_dst = d_src + n;
+  for (const auto& [b, e] : waves) {
+    kernels::KvMoveParams mp;
+    mp.cache = s.Cache();
+    mp.num_moves = static_cast<int32_t>(e - b);
+    mp.src_slots = d_src + b;
+    mp.dst_slots = d_dst + b;
+    RETURN_IF_ERROR(kernels::MoveKvSlots(mp, s.handle()));
+  }
+  KVC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s.stream), "MoveKvs");
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<float>> CudaExecutor::ReadKvRow(int32_t block, int32_t offset,
+                                                           bool value) const {
+  const State& s = *s_;
+  if (block < 0 || block >= s.layout.num_blocks || offset < 0 || offset >= s.layout.block_size) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ReadKvRow: (block ", block, ", offset ", offset, ") is out of range"));
+  }
+  KVC_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device), "cudaSetDevice");
+  std::vector<Bf16> row(s.kd);
+  const int64_t slot = static_cast<int64_t>(block) * s.layout.block_size + offset;
+  const Bf16* base = value ? s.v.as<Bf16>() : s.k.as<Bf16>();
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemcpy(row.data(), base + slot * s.kd, sizeof(Bf16) * s.kd,
+                                      cudaMemcpyDeviceToHost),
+                           "ReadKvRow");
+  std::vector<float> outv(s.d);
+  for (int32_t r = 0; r < s.d; ++r) outv[r] = kernels::Bf16ToFloat(row[s.Pad(r)]);
+  return outv;
+}
+
+}  // namespace kvc
