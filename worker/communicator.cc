@@ -100,27 +100,27 @@ Communicator* LocalCommunicatorGroup::communicator(int rank) {
 }
 
 void LocalCommunicatorGroup::Abort() {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   aborted_ = true;
-  cv_.SignalAll();
+  cv_.notify_all();
 }
 
 bool LocalCommunicatorGroup::aborted() const {
-  absl::MutexLock lock(&mu_);
+  std::lock_guard<std::mutex> lock(mu_);
   return aborted_;
 }
 
 absl::Status LocalCommunicatorGroup::ArriveAndWait() {
-  absl::MutexLock lock(&mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   if (aborted_) return absl::AbortedError("communicator group was aborted");
   const uint64_t gen = generation_;
   if (++arrived_ == world_size_) {
     arrived_ = 0;
     ++generation_;
-    cv_.SignalAll();
+    cv_.notify_all();
     return absl::OkStatus();
   }
-  while (generation_ == gen && !aborted_) cv_.Wait(&mu_);
+  cv_.wait(lock, [&] { return generation_ != gen || aborted_; });
   if (generation_ != gen) return absl::OkStatus();
   return absl::AbortedError("communicator group was aborted");
 }
@@ -135,9 +135,9 @@ absl::Status LocalCommunicatorGroup::CheckSlots() const {
                                               " called ", OpName(static_cast<int>(s.op))));
     }
     if (s.count != first.count) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          OpName(static_cast<int>(s.op)), ": rank 0 passed ", first.count, " elements, rank ", r,
-          " passed ", s.count));
+      return absl::InvalidArgumentError(absl::StrCat(OpName(static_cast<int>(s.op)),
+                                                     ": rank 0 passed ", first.count,
+                                                     " elements, rank ", r, " passed ", s.count));
     }
     const int64_t want_recv = s.op == Op::kAllGather ? s.count * world_size_ : s.count;
     if (s.recv_count != want_recv) {
@@ -146,9 +146,9 @@ absl::Status LocalCommunicatorGroup::CheckSlots() const {
                                                      " elements, needs ", want_recv));
     }
     if (s.op == Op::kBroadcast && (s.root != first.root || s.root < 0 || s.root >= world_size_)) {
-      return absl::InvalidArgumentError(absl::StrCat("Broadcast: rank ", r, " passed root ",
-                                                     s.root, " (rank 0: ", first.root,
-                                                     ", world size ", world_size_, ")"));
+      return absl::InvalidArgumentError(absl::StrCat("Broadcast: rank ", r, " passed root ", s.root,
+                                                     " (rank 0: ", first.root, ", world size ",
+                                                     world_size_, ")"));
     }
   }
   return absl::OkStatus();

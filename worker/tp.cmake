@@ -6,7 +6,7 @@ kvc_cc_library(
   NAME kvc_communicator
   SRCS ${CMAKE_CURRENT_LIST_DIR}/communicator.cc
   HDRS ${CMAKE_CURRENT_LIST_DIR}/communicator.h
-  DEPS kvc_common absl::status absl::statusor absl::strings absl::synchronization)
+  DEPS kvc_common absl::status absl::statusor absl::strings Threads::Threads)
 kvc_cc_library(
   NAME kvc_tp_eviction
   SRCS ${CMAKE_CURRENT_LIST_DIR}/tp_eviction.cc
@@ -17,4 +17,4 @@ kvc_cc_library(
   SRCS ${CMAKE_CURRENT_LIST_DIR}/tp_cpu_executor.cc
   HDRS ${CMAKE_CURRENT_LIST_DIR}/tp_cpu_executor.h ${CMAKE_CURRENT_LIST_DIR}/executor.h
   DEPS kvc_tp_eviction kvc_communicator kvc_common kvc_model kvc_kernels_cpu kvc_kvmanager
-       absl::status absl::statusor absl::strings absl::synchronization)
+       absl::status absl::statusor absl::strings Threads::Threads)

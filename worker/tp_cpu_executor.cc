@@ -2,13 +2,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <limits>
+#include <mutex>
 #include <new>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/mutex.h"
 #include "common/check.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/attention.h"
@@ -53,23 +54,25 @@ class TensorParallelCpuExecutor::RankThreads {
   }
   ~RankThreads() {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       stop_ = true;
     }
+    work_cv_.notify_all();
     for (std::thread& t : threads_) t.join();
   }
 
   std::vector<absl::Status> Run(const std::function<absl::Status(int32_t)>& fn) {
     {
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       job_ = &fn;
       pending_ = static_cast<int32_t>(threads_.size());
       ++generation_;
     }
-    results_[0] = fn(0);
-    absl::MutexLock lock(&mu_);
-    auto done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return pending_ == 0; };
-    mu_.Await(absl::Condition(&done));
+    work_cv_.notify_all();
+    absl::Status first = fn(0);
+    std::unique_lock<std::mutex> lock(mu_);
+    done_cv_.wait(lock, [this] { return pending_ == 0; });
+    results_[0] = std::move(first);
     job_ = nullptr;
     return results_;
   }
@@ -80,28 +83,27 @@ class TensorParallelCpuExecutor::RankThreads {
     while (true) {
       const std::function<absl::Status(int32_t)>* job = nullptr;
       {
-        absl::MutexLock lock(&mu_);
-        auto ready = [this, &seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-          return stop_ || generation_ != seen;
-        };
-        mu_.Await(absl::Condition(&ready));
+        std::unique_lock<std::mutex> lock(mu_);
+        work_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
         if (stop_) return;
         seen = generation_;
         job = job_;
       }
       absl::Status st = (*job)(rank);
-      absl::MutexLock lock(&mu_);
+      std::lock_guard<std::mutex> lock(mu_);
       results_[rank] = std::move(st);
-      --pending_;
+      if (--pending_ == 0) done_cv_.notify_all();
     }
   }
 
-  absl::Mutex mu_;
-  const std::function<absl::Status(int32_t)>* job_ ABSL_GUARDED_BY(mu_) = nullptr;
-  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
-  int32_t pending_ ABSL_GUARDED_BY(mu_) = 0;
-  bool stop_ ABSL_GUARDED_BY(mu_) = false;
-  std::vector<absl::Status> results_;  // [rank]: rank 0 by the caller, others under mu_
+  // std::mutex (not absl::Mutex) so that ThreadSanitizer sees the hand-offs.
+  std::mutex mu_;
+  std::condition_variable work_cv_, done_cv_;
+  const std::function<absl::Status(int32_t)>* job_ = nullptr;  // guarded by mu_
+  uint64_t generation_ = 0;                                    // guarded by mu_
+  int32_t pending_ = 0;                                        // guarded by mu_
+  bool stop_ = false;                                          // guarded by mu_
+  std::vector<absl::Status> results_;                          // guarded by mu_
   std::vector<std::thread> threads_;
 };
 
@@ -118,8 +120,8 @@ struct TensorParallelCpuExecutor::RankShard {
   struct Layer {
     std::vector<float> q_proj, k_proj, v_proj;  // [heads * d, hidden]
     std::vector<float> q_bias, k_bias, v_bias;
-    std::vector<float> o_proj;  // [hidden, q heads * d]
-    std::vector<float> o_bias;  // rank 0 only
+    std::vector<float> o_proj;              // [hidden, q heads * d]
+    std::vector<float> o_bias;              // rank 0 only
     std::vector<float> gate_proj, up_proj;  // [im_size, hidden]
     std::vector<float> gate_bias, up_bias;
     std::vector<float> down_proj;  // [hidden, im_size]
@@ -210,9 +212,9 @@ absl::StatusOr<std::unique_ptr<TensorParallelCpuExecutor>> TensorParallelCpuExec
                    KvHeadSharding::Create(c.num_key_value_heads, tensor_parallel));
   const int32_t n = tensor_parallel;
   if (c.intermediate_size < n || c.vocab_size < n) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tensor_parallel ", n, " exceeds intermediate_size ", c.intermediate_size,
-        " or vocab_size ", c.vocab_size, " (every rank needs a non-empty shard)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor_parallel ", n, " exceeds intermediate_size ", c.intermediate_size,
+                     " or vocab_size ", c.vocab_size, " (every rank needs a non-empty shard)"));
   }
   if (num_blocks < 1) {
     return absl::InvalidArgumentError(absl::StrCat("num_blocks must be >= 1, got ", num_blocks));
@@ -318,8 +320,7 @@ absl::Status TensorParallelCpuExecutor::ResetCommunicators() {
   return absl::OkStatus();
 }
 
-absl::Status TensorParallelCpuExecutor::RunOnRanks(
-    const std::function<absl::Status(int32_t)>& fn) {
+absl::Status TensorParallelCpuExecutor::RunOnRanks(const std::function<absl::Status(int32_t)>& fn) {
   std::vector<absl::Status> results = threads_->Run(fn);
   absl::Status first;
   for (const absl::Status& st : results) {
@@ -361,8 +362,8 @@ absl::Status TensorParallelCpuExecutor::MoveKvs(std::span<const KvMove> moves) {
     const KvMove& m = moves[i];
     auto check = [&](int32_t block, int32_t offset, const char* what) -> absl::Status {
       if (block < 0 || block >= layout_.num_blocks || offset < 0 || offset >= bs) {
-        return absl::InvalidArgumentError(absl::StrCat("MoveKvs: moves[", i, "] ", what,
-                                                       " (block ", block, ", offset ", offset,
+        return absl::InvalidArgumentError(absl::StrCat("MoveKvs: moves[", i, "] ", what, " (block ",
+                                                       block, ", offset ", offset,
                                                        ") is out of range"));
       }
       return absl::OkStatus();
@@ -382,6 +383,7 @@ absl::Status TensorParallelCpuExecutor::MoveKvs(std::span<const KvMove> moves) {
     }
     rank_of[i] = src_rank;
   }
+  if (moves.empty()) return absl::OkStatus();
   for (size_t i = 0; i < moves.size(); ++i) block_owner_[moves[i].dst_block] = rank_of[i];
   const int32_t d = layout_.head_dim;
   return RunOnRanks([&](int32_t rank) {
@@ -430,8 +432,8 @@ absl::Status TensorParallelCpuExecutor::ValidateBatch(const ForwardBatch& batch)
   const int32_t bs = layout_.block_size;
   if (batch.score_pool_kernel < 0 ||
       (batch.score_pool_kernel > 1 && batch.score_pool_kernel % 2 == 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "batch.score_pool_kernel must be 0, 1 or odd, got ", batch.score_pool_kernel));
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch.score_pool_kernel must be 0, 1 or odd, got ", batch.score_pool_kernel));
   }
   for (size_t i = 0; i < batch.seqs.size(); ++i) {
     const ForwardSequence& s = batch.seqs[i];
@@ -561,9 +563,8 @@ absl::Status TensorParallelCpuExecutor::RankForward(int32_t rank, const ForwardB
     if (st.probs.size() < num_seqs) st.probs.resize(num_seqs);
   } catch (const std::bad_alloc&) {
     comm->Abort();  // the other ranks must not wait for this one
-    return absl::ResourceExhaustedError(absl::StrCat("Forward: rank ", rank,
-                                                     " cannot allocate activations for ", rows,
-                                                     " tokens"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("Forward: rank ", rank, " cannot allocate activations for ", rows, " tokens"));
   }
 
   // Vocab-parallel embedding: the rows of ids this rank holds, zeros elsewhere; summed over ranks
@@ -747,7 +748,7 @@ absl::Status TensorParallelCpuExecutor::RankForward(int32_t rank, const ForwardB
   mp.w = sh.lm_head_data();
   mp.y = st.logits_local.data();
   mp.y_stride = sh.vocab_padded;
-  cpu::Matmul(mp);
+  if (sh.vocab_size > 0) cpu::Matmul(mp);  // the last shards may be empty when N ~ vocab
   RETURN_IF_ERROR(comm->AllGather(st.logits_local, st.gathered));
   if (rank == 0) {
     // gathered[q][row][c] holds vocab id q * vocab_padded + c.
@@ -756,8 +757,8 @@ absl::Status TensorParallelCpuExecutor::RankForward(int32_t rank, const ForwardB
       const int32_t v0 = std::min(vocab, q * sh.vocab_padded);
       const int32_t width = std::min(vocab, (q + 1) * sh.vocab_padded) - v0;
       for (int32_t r = 0; r < num_out; ++r) {
-        const float* src = st.gathered.data() + (static_cast<size_t>(q) * num_out + r) *
-                                                    sh.vocab_padded;
+        const float* src =
+            st.gathered.data() + (static_cast<size_t>(q) * num_out + r) * sh.vocab_padded;
         std::memcpy(out->logits.data() + static_cast<size_t>(r) * vocab + v0, src,
                     sizeof(float) * width);
       }

@@ -283,21 +283,22 @@ absl::StatusOr<EvictionPlan> MergeRankPlans(std::span<const EvictionPlan> local_
   for (size_t r = 0; r < local_plans.size(); ++r) {
     const EvictionPlan& p = local_plans[r];
     if (p.blocks_requested != merged.blocks_requested) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "local_plans[", r, "] requests ", p.blocks_requested, " blocks, local_plans[0] ",
-          merged.blocks_requested));
+      return absl::InvalidArgumentError(absl::StrCat("local_plans[", r, "] requests ",
+                                                     p.blocks_requested, " blocks, local_plans[0] ",
+                                                     merged.blocks_requested));
     }
     merged.blocks_freed += p.blocks_freed;
     merged.kvs_evicted += p.kvs_evicted;
     merged.num_moves += p.num_moves;
     merged.heads.insert(merged.heads.end(), p.heads.begin(), p.heads.end());
   }
-  std::sort(merged.heads.begin(), merged.heads.end(),
-            [](const HeadEviction& a, const HeadEviction& b) { return a.head_index < b.head_index; });
+  std::sort(
+      merged.heads.begin(), merged.heads.end(),
+      [](const HeadEviction& a, const HeadEviction& b) { return a.head_index < b.head_index; });
   for (size_t i = 1; i < merged.heads.size(); ++i) {
     if (merged.heads[i].head_index == merged.heads[i - 1].head_index) {
-      return absl::InvalidArgumentError(absl::StrCat("head index ", merged.heads[i].head_index,
-                                                     " appears in two local plans"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("head index ", merged.heads[i].head_index, " appears in two local plans"));
     }
   }
   return merged;

@@ -10,7 +10,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 
 namespace kvc {
@@ -39,8 +38,7 @@ uint32_t Bits(float f) {
 
 TEST(CommunicatorTest, CreateRejectsBadWorldSizes) {
   EXPECT_EQ(LocalCommunicatorGroup::Create(0).status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(LocalCommunicatorGroup::Create(-3).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(LocalCommunicatorGroup::Create(-3).status().code(), absl::StatusCode::kInvalidArgument);
   auto g = Group(3);
   EXPECT_EQ(g->world_size(), 3);
   EXPECT_EQ(g->communicator(2)->rank(), 2);
@@ -180,8 +178,7 @@ INSTANTIATE_TEST_SUITE_P(WorldSizes, CommunicatorSizeTest, ::testing::Values(1, 
 
 TEST(CommunicatorTest, MismatchedArgumentsFailOnEveryRankAndTheGroupStaysUsable) {
   auto g = Group(3);
-  std::vector<absl::Status> count_mismatch(3), op_mismatch(3), recv_size(3), bad_root(3),
-      after(3);
+  std::vector<absl::Status> count_mismatch(3), op_mismatch(3), recv_size(3), bad_root(3), after(3);
   std::vector<std::vector<float>> after_data(3);
   RunRanks(g.get(), [&](int r, Communicator* c) {
     std::vector<float> v(r == 1 ? 5 : 4, 1.0f);
@@ -212,14 +209,14 @@ TEST(CommunicatorTest, MismatchedArgumentsFailOnEveryRankAndTheGroupStaysUsable)
 TEST(CommunicatorTest, AbortUnblocksWaitingRanksAndPoisonsTheGroup) {
   auto g = Group(3);
   absl::Status waited, later;
-  absl::Notification started;
+  std::atomic<bool> started{false};
   std::thread t([&] {
-    started.Notify();
+    started.store(true);
     waited = g->communicator(0)->Barrier();  // ranks 1 and 2 never come
     std::vector<float> v(2);
     later = g->communicator(0)->AllReduceSum(std::span<float>(v));
   });
-  started.WaitForNotification();
+  while (!started.load()) std::this_thread::yield();
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
   EXPECT_FALSE(g->aborted());
   g->communicator(2)->Abort();

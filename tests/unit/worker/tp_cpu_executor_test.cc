@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <sstream>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -31,9 +32,9 @@ enum class Variant { kLlama, kLlamaBiasesTied, kQwen2Tied };
 std::shared_ptr<const ModelWeights> Weights(Variant v, uint64_t seed = 3) {
   ModelConfig c;
   c.name = "tp-test";
-  c.vocab_size = 103;         // 4 does not divide it: the last vocab shard is shorter
+  c.vocab_size = 103;  // 4 does not divide it: the last vocab shard is shorter
   c.hidden_size = 48;
-  c.intermediate_size = 90;   // 4 does not divide it: uneven MLP shards
+  c.intermediate_size = 90;  // 4 does not divide it: uneven MLP shards
   c.num_hidden_layers = 3;
   c.num_attention_heads = 8;  // GQA groups of 2
   c.num_key_value_heads = 4;
@@ -114,8 +115,8 @@ void ExpectSlotsAgree(const KvManager& kv, const std::vector<Seq>& seqs, const E
             << "head index " << h << " slot " << slot;
         const float want = ref.slot_reader().Score(block, off);
         max_score = std::max(max_score, std::fabs(static_cast<double>(want)));
-        max_err = std::max(max_err, std::fabs(static_cast<double>(
-                                        tp.slot_reader().Score(block, off) - want)));
+        max_err = std::max(
+            max_err, std::fabs(static_cast<double>(tp.slot_reader().Score(block, off) - want)));
       }
     }
   }
@@ -212,10 +213,10 @@ TEST_P(TpExecutorParityTest, MatchesTheSingleRankExecutorThroughPrefillCompressi
         EvictionConstraints cons;
         cons.protected_window = 4;
         const int64_t num_tokens = static_cast<int64_t>(s.tokens.size()) - 1;
-        auto plan_ref = PlanEviction(kv.layout(), *t, ref.slot_reader(), num_tokens, blocks / 3,
-                                     cons);
-        auto plan_tp = PlanEviction(kv.layout(), *t, tp.slot_reader(), num_tokens, blocks / 3,
-                                    cons);
+        auto plan_ref =
+            PlanEviction(kv.layout(), *t, ref.slot_reader(), num_tokens, blocks / 3, cons);
+        auto plan_tp =
+            PlanEviction(kv.layout(), *t, tp.slot_reader(), num_tokens, blocks / 3, cons);
         auto plan_ranks = tp.PlanEvictionOnRanks(*t, num_tokens, blocks / 3, cons);
         ASSERT_TRUE(plan_ref.ok() && plan_tp.ok() && plan_ranks.ok());
         ASSERT_EQ(plan_ranks->heads.size(), plan_tp->heads.size());
@@ -230,8 +231,8 @@ TEST_P(TpExecutorParityTest, MatchesTheSingleRankExecutorThroughPrefillCompressi
           EXPECT_EQ(plan_ref->heads[i].evicted_slots, plan_tp->heads[i].evicted_slots);
         }
         std::vector<KvMove> moves;
-        ASSERT_TRUE(kv.ApplyEviction(s.id, *plan_ranks, CompressionTrigger::kInterval, &moves)
-                        .ok());
+        ASSERT_TRUE(
+            kv.ApplyEviction(s.id, *plan_ranks, CompressionTrigger::kInterval, &moves).ok());
         ASSERT_TRUE(ref.MoveKvs(moves).ok());
         ASSERT_TRUE(tp.MoveKvs(moves).ok());
         evictions += plan_ranks->blocks_freed > 0;
@@ -276,7 +277,9 @@ TEST_P(TpExecutorParityTest, MatchesTheSingleRankExecutorThroughPrefillCompressi
     EXPECT_GT(owned, 0);
     EXPECT_LT(owned, num_blocks / 2);
   }
-  RecordProperty("max_rel_logit_error", std::to_string(worst));
+  std::ostringstream worst_text;
+  worst_text << std::scientific << worst;
+  RecordProperty("max_rel_logit_error", worst_text.str());
   if (!bit_exact) {
     EXPECT_GT(worst, 0.0);  // the reduction order really differs
   }
@@ -293,13 +296,14 @@ void PrintTo(const Case& c, std::ostream* os) {
       << c.block_size;
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Models, TpExecutorParityTest,
-    ::testing::Values(Case{Variant::kLlama, 1, 4}, Case{Variant::kLlama, 2, 4},
-                      Case{Variant::kLlama, 4, 4}, Case{Variant::kLlamaBiasesTied, 2, 8},
-                      Case{Variant::kLlamaBiasesTied, 4, 3}, Case{Variant::kQwen2Tied, 2, 16},
-                      Case{Variant::kQwen2Tied, 4, 4}),
-    CaseName);
+INSTANTIATE_TEST_SUITE_P(Models, TpExecutorParityTest,
+                         ::testing::Values(Case{Variant::kLlama, 1, 4}, Case{Variant::kLlama, 2, 4},
+                                           Case{Variant::kLlama, 4, 4},
+                                           Case{Variant::kLlamaBiasesTied, 2, 8},
+                                           Case{Variant::kLlamaBiasesTied, 4, 3},
+                                           Case{Variant::kQwen2Tied, 2, 16},
+                                           Case{Variant::kQwen2Tied, 4, 4}),
+                         CaseName);
 
 TEST(TpExecutorTest, CreateRequiresWholeKvHeadsPerRank) {
   auto w = Weights(Variant::kLlama);
@@ -317,8 +321,7 @@ TEST(TpExecutorTest, CreateRequiresWholeKvHeadsPerRank) {
               HasSubstr("block_size"));
   EXPECT_EQ(TensorParallelCpuExecutor::Create(nullptr, 64, 4, 2).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(TensorParallelCpuExecutor::KvBytesPerBlock(w->config, 16, 2),
-            2 * 16 * (2 * 8 * 4 + 8));
+  EXPECT_EQ(TensorParallelCpuExecutor::KvBytesPerBlock(w->config, 16, 2), 2 * 16 * (2 * 8 * 4 + 8));
 }
 
 TEST(TpExecutorTest, BadBatchesAndMovesFailCleanlyAndTheExecutorKeepsWorking) {
@@ -370,9 +373,9 @@ TEST(TpExecutorTest, BadBatchesAndMovesFailCleanlyAndTheExecutorKeepsWorking) {
   EXPECT_EQ(tp.slot_reader().Position(b0, 0), pos_before);
   int32_t unwritten = 0;
   while (tp.OwnerOfBlock(unwritten) >= 0) ++unwritten;
-  EXPECT_THAT(tp.MoveKvs(std::vector<KvMove>{move(b0, 2, b0, 0), move(unwritten, 0, b0, 1)})
-                  .message(),
-              HasSubstr("no KV"));
+  EXPECT_THAT(
+      tp.MoveKvs(std::vector<KvMove>{move(b0, 2, b0, 0), move(unwritten, 0, b0, 1)}).message(),
+      HasSubstr("no KV"));
   EXPECT_EQ(tp.MoveKvs(std::vector<KvMove>{move(b0, 4, b0, 0)}).code(),
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(tp.MoveKvs(std::vector<KvMove>{move(-1, 0, b0, 0)}).code(),

@@ -98,16 +98,20 @@ TEST_P(TpEngineTest, CompressedGenerationMatchesTensorParallelOne) {
   for (int i = 0; i < 4; ++i) {
     const std::string id = "r" + std::to_string(i);
     auto req = Compressed(id, lens[i], 24, 100 + i);
-    ASSERT_TRUE(ref->Submit(req, [&got_ref, id](EngineOutput o) {
-                     auto& c = got_ref[id];
-                     c.tokens.insert(c.tokens.end(), o.tokens.begin(), o.tokens.end());
-                     if (o.finished) c.final_out = std::move(o);
-                   }).ok());
-    ASSERT_TRUE(par->Submit(req, [&got_par, id](EngineOutput o) {
-                     auto& c = got_par[id];
-                     c.tokens.insert(c.tokens.end(), o.tokens.begin(), o.tokens.end());
-                     if (o.finished) c.final_out = std::move(o);
-                   }).ok());
+    ASSERT_TRUE(ref->Submit(req,
+                            [&got_ref, id](EngineOutput o) {
+                              auto& c = got_ref[id];
+                              c.tokens.insert(c.tokens.end(), o.tokens.begin(), o.tokens.end());
+                              if (o.finished) c.final_out = std::move(o);
+                            })
+                    .ok());
+    ASSERT_TRUE(par->Submit(req,
+                            [&got_par, id](EngineOutput o) {
+                              auto& c = got_par[id];
+                              c.tokens.insert(c.tokens.end(), o.tokens.begin(), o.tokens.end());
+                              if (o.finished) c.final_out = std::move(o);
+                            })
+                    .ok());
   }
   int steps = 0, compared_nonzero = 0;
   while (true) {
@@ -134,7 +138,7 @@ TEST_P(TpEngineTest, CompressedGenerationMatchesTensorParallelOne) {
     EXPECT_EQ(ub.kvs_held, ua.kvs_held) << id;
     EXPECT_EQ(ub.kvs_uncompressed, ua.kvs_uncompressed) << id;
     EXPECT_EQ(ub.compressions, ua.compressions) << id;
-    EXPECT_GT(ua.compression_ratio, 3.0) << id;  // compression really happened
+    EXPECT_GT(ua.compression_ratio, 2.0) << id;  // compression really happened (rate 4, P = 8)
   }
   const KvStats sa = ref->kv_manager().Stats(false), sb = par->kv_manager().Stats(false);
   EXPECT_GT(sa.evicted_kvs_total, 0);

@@ -22,7 +22,7 @@ namespace {
 struct RandomCase {
   KvLayout layout;
   SequenceBlockTables tables;
-  std::vector<float> scores;      // [num_blocks * block_size]
+  std::vector<float> scores;  // [num_blocks * block_size]
   std::vector<int32_t> positions;
   int64_t num_tokens = 0;
   int64_t evict_blocks = 0;
@@ -53,8 +53,9 @@ RandomCase MakeCase(std::mt19937& rng, int32_t num_kv_heads) {
     HeadBlockTable& t = c.tables.heads[h];
     // Compressed heads hold fewer KVs than tokens; some hold none, some all.
     const int kind = rng() % 5;
-    t.num_kvs = kind == 0 ? 0 : kind == 1 ? static_cast<int32_t>(c.num_tokens)
-                                          : static_cast<int32_t>(rng() % (c.num_tokens + 1));
+    t.num_kvs = kind == 0   ? 0
+                : kind == 1 ? static_cast<int32_t>(c.num_tokens)
+                            : static_cast<int32_t>(rng() % (c.num_tokens + 1));
     const int32_t nb = (t.num_kvs + b - 1) / b;
     for (int32_t i = 0; i < nb; ++i) t.blocks.push_back(ids[next++]);
     // Distinct positions in [0, num_tokens), in random slot order (as after compaction).
@@ -150,8 +151,8 @@ std::vector<absl::StatusOr<RankEvictionPlan>> RunDistributed(const RandomCase& c
     threads.emplace_back([&, r] {
       FlatKvSlotReader reader(scores[r], positions[r], b);
       DistributedEvictionPlanner planner((*group)->communicator(r), *sharding);
-      out[r] = planner.Plan(c.layout, c.tables, reader, c.num_tokens, c.evict_blocks,
-                            c.constraints);
+      out[r] =
+          planner.Plan(c.layout, c.tables, reader, c.num_tokens, c.evict_blocks, c.constraints);
     });
   }
   for (auto& t : threads) t.join();
@@ -177,8 +178,7 @@ TEST_P(DistributedPlannerTest, RandomCasesGiveExactlyTheSingleRankPlan) {
     const RandomCase c = MakeCase(rng, p.num_kv_heads);
     FlatKvSlotReader full(c.scores, c.positions, c.layout.block_size);
     EvictionPlanner planner;
-    auto want = planner.Plan(c.layout, c.tables, full, c.num_tokens, c.evict_blocks,
-                             c.constraints);
+    auto want = planner.Plan(c.layout, c.tables, full, c.num_tokens, c.evict_blocks, c.constraints);
     ASSERT_TRUE(want.ok()) << want.status();
     auto got = RunDistributed(c, p.world_size, iter);
     std::vector<int32_t> want_k(c.layout.heads_per_seq(), 0);
@@ -188,8 +188,7 @@ TEST_P(DistributedPlannerTest, RandomCasesGiveExactlyTheSingleRankPlan) {
       ASSERT_TRUE(got[r].ok()) << "rank " << r << ": " << got[r].status();
       EXPECT_EQ(got[r]->blocks_per_head, want_k) << "rank " << r;
       for (const HeadEviction& h : got[r]->local.heads) {
-        EXPECT_EQ(h.head_index % c.layout.num_kv_heads / (c.layout.num_kv_heads / p.world_size),
-                  r)
+        EXPECT_EQ(h.head_index % c.layout.num_kv_heads / (c.layout.num_kv_heads / p.world_size), r)
             << "rank " << r << " planned head index " << h.head_index << " it does not own";
       }
       locals.push_back(got[r]->local);
@@ -199,11 +198,11 @@ TEST_P(DistributedPlannerTest, RandomCasesGiveExactlyTheSingleRankPlan) {
     ExpectPlansEqual(*merged, *want);
     if (HasFatalFailure()) return;
     nonempty += !want->empty();
-    partial += want->blocks_freed > 0 && want->blocks_freed == c.evict_blocks &&
-               std::any_of(want->heads.begin(), want->heads.end(), [&](const HeadEviction& h) {
-                 return h.blocks_freed < static_cast<int32_t>(
-                                             c.tables.heads[h.head_index].blocks.size());
-               });
+    partial +=
+        want->blocks_freed > 0 && want->blocks_freed == c.evict_blocks &&
+        std::any_of(want->heads.begin(), want->heads.end(), [&](const HeadEviction& h) {
+          return h.blocks_freed < static_cast<int32_t>(c.tables.heads[h.head_index].blocks.size());
+        });
   }
   // The random cases exercise real selections, not just the trivial ones.
   EXPECT_GT(nonempty, 150);

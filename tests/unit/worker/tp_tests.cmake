@@ -5,7 +5,7 @@ include_guard(GLOBAL)
 include(${CMAKE_SOURCE_DIR}/worker/tp.cmake)  # no-op when worker/CMakeLists.txt included it
 kvc_cc_test(NAME worker_communicator_test
             SRCS ${CMAKE_CURRENT_LIST_DIR}/communicator_test.cc
-            DEPS kvc_communicator absl::synchronization LABELS unit)
+            DEPS kvc_communicator LABELS unit)
 kvc_cc_test(NAME worker_tp_eviction_test
             SRCS ${CMAKE_CURRENT_LIST_DIR}/tp_eviction_test.cc
             DEPS kvc_tp_eviction kvc_kvmanager LABELS unit)
