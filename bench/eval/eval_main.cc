@@ -12,6 +12,7 @@
 //            [--cases 24] [--case-offset 0]
 //            [--policies kvcompress,snapkv,pyramidkv,streaming,random] [--rates 1,2,4,8,16,32,64]
 //            [--protected-window 32] [--observation-window 32] [--sink-tokens 0]
+//            [--pool-kernel 7] [--no-continual] [--no-decode-scores]
 //            [--block-size 16] [--driver shared|engine] [--wave 4] [--threads N]
 //            [--ppl-windows 0] [--ppl-prefix 512] [--ppl-tokens 256]
 //            [--longbench F1.jsonl,F2.jsonl] [--template STR] [--chat-template STR]
@@ -101,7 +102,9 @@ Options Parse(int argc, char** argv) {
       if (!absl::SimpleAtoi(next(), &v) || v < lo) Usage(absl::StrCat(a, ": an integer >= ", lo));
       return v;
     };
-    auto list = [&]() { return std::vector<std::string>(absl::StrSplit(next(), ',', absl::SkipEmpty())); };
+    auto list = [&]() {
+      return std::vector<std::string>(absl::StrSplit(next(), ',', absl::SkipEmpty()));
+    };
     if (a == "--model") {
       o.model = next();
     } else if (a == "--haystack") {
@@ -151,6 +154,15 @@ Options Parse(int argc, char** argv) {
       o.run.observation_window = int_arg(1);
     } else if (a == "--sink-tokens") {
       o.run.sink_tokens = int_arg(0);
+    } else if (a == "--pool-kernel") {
+      o.run.score_pool_kernel = int_arg(0);
+      if (o.run.score_pool_kernel > 1 && o.run.score_pool_kernel % 2 == 0) {
+        Usage("--pool-kernel: 0, 1 or an odd number");
+      }
+    } else if (a == "--no-continual") {
+      o.run.continual = false;
+    } else if (a == "--no-decode-scores") {
+      o.run.decode_scores = false;
     } else if (a == "--block-size") {
       o.run.block_size = int_arg(1);
     } else if (a == "--driver") {
@@ -283,8 +295,7 @@ int Main(int argc, char** argv) {
   nlohmann::json report;
   report["model"] = o.model;
   report["device"] = absl::StrCat("CPU backend (fp32) on ", CpuName(), ", ",
-                                  o.threads > 0 ? o.threads : static_cast<int32_t>(hw),
-                                  " threads");
+                                  o.threads > 0 ? o.threads : static_cast<int32_t>(hw), " threads");
   report["driver"] = o.driver;
   nlohmann::json settings;
   settings["protected_window"] = o.run.protected_window;
@@ -300,9 +311,10 @@ int Main(int argc, char** argv) {
   for (auto p : o.policies) policies_json.push_back(std::string(CompressionPolicyName(p)));
   report["policies"] = policies_json;
   report["rates"] = o.rates;
-  std::cout << absl::StrFormat("kvc-eval: %s, %s driver, %d variants (full + %d policies x %d rates)\n",
-                               std::string(report["device"]), o.driver, variants.size(),
-                               o.policies.size(), o.rates.size() - 1);
+  std::cout << absl::StrFormat(
+      "kvc-eval: %s, %s driver, %d variants (full + %d policies x %d rates)\n",
+      std::string(report["device"]), o.driver, variants.size(), o.policies.size(),
+      o.rates.size() - 1);
   const auto t_start = std::chrono::steady_clock::now();
   nlohmann::json timing;
 
@@ -408,8 +420,9 @@ int Main(int argc, char** argv) {
         return [&, pred](CompressionPolicyKind p, double rate) {
           for (const auto& x : set) {
             if (!pred(x)) continue;
-            if (rate <= 1 ? x.variant.full()
-                          : (!x.variant.full() && x.variant.policy == p && x.variant.rate == rate)) {
+            if (rate <= 1
+                    ? x.variant.full()
+                    : (!x.variant.full() && x.variant.policy == p && x.variant.rate == rate)) {
               return x.accuracy;
             }
           }
@@ -417,13 +430,15 @@ int Main(int argc, char** argv) {
         };
       };
       for (TaskKind t : o.tasks) {
-        PrintTable(absl::StrFormat("accuracy %%, %s @ %d tokens (%d cases)", TaskName(t), len, o.cases),
-                   o.policies, o.rates,
-                   lookup(rows, [&, t](const ScoreRow& x) { return x.length == len && x.task == TaskName(t); }));
+        PrintTable(
+            absl::StrFormat("accuracy %%, %s @ %d tokens (%d cases)", TaskName(t), len, o.cases),
+            o.policies, o.rates, lookup(rows, [&, t](const ScoreRow& x) {
+              return x.length == len && x.task == TaskName(t);
+            }));
       }
-      PrintTable(absl::StrFormat("accuracy %%, mean over %d tasks @ %d tokens", o.tasks.size(), len),
-                 o.policies, o.rates,
-                 lookup(means, [&](const MeanRow& x) { return x.length == len; }));
+      PrintTable(
+          absl::StrFormat("accuracy %%, mean over %d tasks @ %d tokens", o.tasks.size(), len),
+          o.policies, o.rates, lookup(means, [&](const MeanRow& x) { return x.length == len; }));
     }
     if (o.plots) {
       auto files = WriteScorePlots(o.out, rows, means, o.policies, o.rates,
@@ -451,14 +466,15 @@ int Main(int argc, char** argv) {
       const std::string dataset = samples->front().dataset;
       std::vector<GenerationJob> jobs;
       for (const LongBenchSample& s : *samples) {
-        const std::string tmpl = !o.tmpl.empty()
-                                     ? o.tmpl
-                                     : DatasetPromptTemplate(s.dataset).value_or(std::string(kGenericTemplate));
-        const int32_t max_new = o.max_new_tokens > 0 ? o.max_new_tokens
-                                                     : DatasetMaxNewTokens(s.dataset).value_or(64);
-        const int32_t max_prompt = o.max_prompt_tokens > 0
-                                       ? o.max_prompt_tokens
-                                       : static_cast<int32_t>(cfg.max_position_embeddings) - max_new;
+        const std::string tmpl =
+            !o.tmpl.empty()
+                ? o.tmpl
+                : DatasetPromptTemplate(s.dataset).value_or(std::string(kGenericTemplate));
+        const int32_t max_new =
+            o.max_new_tokens > 0 ? o.max_new_tokens : DatasetMaxNewTokens(s.dataset).value_or(64);
+        const int32_t max_prompt =
+            o.max_prompt_tokens > 0 ? o.max_prompt_tokens
+                                    : static_cast<int32_t>(cfg.max_position_embeddings) - max_new;
         std::string prompt = FormatPrompt(tmpl, s);
         auto ids = (*tok)->Encode(prompt, true);
         if (!ids.ok()) {
@@ -509,13 +525,15 @@ int Main(int argc, char** argv) {
           const GenerationResult& g = (*res)[i][v];
           const std::string pred = (*tok)->Decode(g.tokens, true);
           score[v] += ScoreLongBenchSample(s.dataset, pred, s.answers, s.all_classes);
-          kept[v] += g.kvs_uncompressed ? static_cast<double>(g.kvs_held) / g.kvs_uncompressed : 1.0;
+          kept[v] +=
+              g.kvs_uncompressed ? static_cast<double>(g.kvs_held) / g.kvs_uncompressed : 1.0;
         }
       }
       nlohmann::json d;
       d["file"] = path;
       d["dataset"] = dataset;
-      d["metric"] = std::string(MetricName(MetricForDataset(dataset).value_or(LongBenchMetric::kQaF1)));
+      d["metric"] =
+          std::string(MetricName(MetricForDataset(dataset).value_or(LongBenchMetric::kQaF1)));
       d["samples"] = samples->size();
       d["seconds"] = progress.Seconds();
       nlohmann::json vs = nlohmann::json::array();
@@ -523,7 +541,8 @@ int Main(int argc, char** argv) {
       for (size_t v = 0; v < variants.size(); ++v) {
         nlohmann::json x;
         x["variant"] = VariantName(variants[v]);
-        x["policy"] = variants[v].full() ? "none" : std::string(CompressionPolicyName(variants[v].policy));
+        x["policy"] =
+            variants[v].full() ? "none" : std::string(CompressionPolicyName(variants[v].policy));
         x["rate"] = variants[v].full() ? 1.0 : variants[v].rate;
         // LongBench reports round(100 * mean, 2).
         x["score"] = std::round(10000.0 * score[v] / samples->size()) / 100.0;
@@ -589,7 +608,8 @@ int Main(int argc, char** argv) {
     for (const PerplexityResult& r : *res) {
       nlohmann::json x;
       x["variant"] = VariantName(r.variant);
-      x["policy"] = r.variant.full() ? "none" : std::string(CompressionPolicyName(r.variant.policy));
+      x["policy"] =
+          r.variant.full() ? "none" : std::string(CompressionPolicyName(r.variant.policy));
       x["rate"] = r.variant.full() ? 1.0 : r.variant.rate;
       x["tokens"] = r.tokens;
       x["mean_nll"] = r.mean_nll;

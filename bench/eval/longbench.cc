@@ -26,101 +26,101 @@ struct DatasetInfo {
 // THUDM/LongBench v1: config/dataset2prompt.json, config/dataset2maxlen.json, eval.py.
 constexpr DatasetInfo kDatasets[] = {
     {"narrativeqa", LongBenchMetric::kQaF1, 128,
-         "You are given a story, which can be either a novel or a movie script, and a "
-         "question. Answer the question as concisely as you can, using a single phrase if "
-         "possible. Do not provide any explanation.\n\nStory: {context}\n\nNow, answer "
-         "the question based on the story as concisely as you can, using a single phrase "
-         "if possible. Do not provide any explanation.\n\nQuestion: {input}\n\nAnswer:"},
+     "You are given a story, which can be either a novel or a movie script, and a "
+     "question. Answer the question as concisely as you can, using a single phrase if "
+     "possible. Do not provide any explanation.\n\nStory: {context}\n\nNow, answer "
+     "the question based on the story as concisely as you can, using a single phrase "
+     "if possible. Do not provide any explanation.\n\nQuestion: {input}\n\nAnswer:"},
     {"qasper", LongBenchMetric::kQaF1, 128,
-         "You are given a scientific article and a question. Answer the question as "
-         "concisely as you can, using a single phrase or sentence if possible. If the "
-         "question cannot be answered based on the information in the article, write "
-         "\"unanswerable\". If the question is a yes/no question, answer \"yes\", \"no\", "
-         "or \"unanswerable\". Do not provide any explanation.\n\nArticle: {context}\n\n "
-         "Answer the question based on the above article as concisely as you can, using a "
-         "single phrase or sentence if possible. If the question cannot be answered based "
-         "on the information in the article, write \"unanswerable\". If the question is a "
-         "yes/no question, answer \"yes\", \"no\", or \"unanswerable\". Do not provide "
-         "any explanation.\n\nQuestion: {input}\n\nAnswer:"},
+     "You are given a scientific article and a question. Answer the question as "
+     "concisely as you can, using a single phrase or sentence if possible. If the "
+     "question cannot be answered based on the information in the article, write "
+     "\"unanswerable\". If the question is a yes/no question, answer \"yes\", \"no\", "
+     "or \"unanswerable\". Do not provide any explanation.\n\nArticle: {context}\n\n "
+     "Answer the question based on the above article as concisely as you can, using a "
+     "single phrase or sentence if possible. If the question cannot be answered based "
+     "on the information in the article, write \"unanswerable\". If the question is a "
+     "yes/no question, answer \"yes\", \"no\", or \"unanswerable\". Do not provide "
+     "any explanation.\n\nQuestion: {input}\n\nAnswer:"},
     {"multifieldqa_en", LongBenchMetric::kQaF1, 64,
-         "Read the following text and answer briefly.\n\n{context}\n\nNow, answer the "
-         "following question based on the above text, only give me the answer and do not "
-         "output any other words.\n\nQuestion: {input}\nAnswer:"},
+     "Read the following text and answer briefly.\n\n{context}\n\nNow, answer the "
+     "following question based on the above text, only give me the answer and do not "
+     "output any other words.\n\nQuestion: {input}\nAnswer:"},
     {"multifieldqa_zh", LongBenchMetric::kQaF1Zh, 64,
-         "阅读以下文字并用中文简短回答："
-         "\n\n{context}\n\n现在请基于上面的文章回答下面的问题，只告诉我答案，"
-         "不要输出任何其他字词。\n\n问题：{input}\n回答："},
+     "阅读以下文字并用中文简短回答："
+     "\n\n{context}\n\n现在请基于上面的文章回答下面的问题，只告诉我答案，"
+     "不要输出任何其他字词。\n\n问题：{input}\n回答："},
     {"hotpotqa", LongBenchMetric::kQaF1, 32,
-         "Answer the question based on the given passages. Only give me the answer and do "
-         "not output any other words.\n\nThe following are given "
-         "passages.\n{context}\n\nAnswer the question based on the given passages. Only "
-         "give me the answer and do not output any other words.\n\nQuestion: "
-         "{input}\nAnswer:"},
+     "Answer the question based on the given passages. Only give me the answer and do "
+     "not output any other words.\n\nThe following are given "
+     "passages.\n{context}\n\nAnswer the question based on the given passages. Only "
+     "give me the answer and do not output any other words.\n\nQuestion: "
+     "{input}\nAnswer:"},
     {"2wikimqa", LongBenchMetric::kQaF1, 32,
-         "Answer the question based on the given passages. Only give me the answer and do "
-         "not output any other words.\n\nThe following are given "
-         "passages.\n{context}\n\nAnswer the question based on the given passages. Only "
-         "give me the answer and do not output any other words.\n\nQuestion: "
-         "{input}\nAnswer:"},
+     "Answer the question based on the given passages. Only give me the answer and do "
+     "not output any other words.\n\nThe following are given "
+     "passages.\n{context}\n\nAnswer the question based on the given passages. Only "
+     "give me the answer and do not output any other words.\n\nQuestion: "
+     "{input}\nAnswer:"},
     {"musique", LongBenchMetric::kQaF1, 32,
-         "Answer the question based on the given passages. Only give me the answer and do "
-         "not output any other words.\n\nThe following are given "
-         "passages.\n{context}\n\nAnswer the question based on the given passages. Only "
-         "give me the answer and do not output any other words.\n\nQuestion: "
-         "{input}\nAnswer:"},
+     "Answer the question based on the given passages. Only give me the answer and do "
+     "not output any other words.\n\nThe following are given "
+     "passages.\n{context}\n\nAnswer the question based on the given passages. Only "
+     "give me the answer and do not output any other words.\n\nQuestion: "
+     "{input}\nAnswer:"},
     {"dureader", LongBenchMetric::kRougeLZh, 128,
-         "请基于给定的文章回答下述问题。\n\n文章："
-         "{context}\n\n请基于上述文章回答下面的问题。\n\n问题：{input}\n回答："},
+     "请基于给定的文章回答下述问题。\n\n文章："
+     "{context}\n\n请基于上述文章回答下面的问题。\n\n问题：{input}\n回答："},
     {"gov_report", LongBenchMetric::kRougeL, 512,
-         "You are given a report by a government agency. Write a one-page summary of the "
-         "report.\n\nReport:\n{context}\n\nNow, write a one-page summary of the "
-         "report.\n\nSummary:"},
+     "You are given a report by a government agency. Write a one-page summary of the "
+     "report.\n\nReport:\n{context}\n\nNow, write a one-page summary of the "
+     "report.\n\nSummary:"},
     {"qmsum", LongBenchMetric::kRougeL, 512,
-         "You are given a meeting transcript and a query containing a question or "
-         "instruction. Answer the query in one or more "
-         "sentences.\n\nTranscript:\n{context}\n\nNow, answer the query based on the "
-         "above meeting transcript in one or more sentences.\n\nQuery: {input}\nAnswer:"},
+     "You are given a meeting transcript and a query containing a question or "
+     "instruction. Answer the query in one or more "
+     "sentences.\n\nTranscript:\n{context}\n\nNow, answer the query based on the "
+     "above meeting transcript in one or more sentences.\n\nQuery: {input}\nAnswer:"},
     {"multi_news", LongBenchMetric::kRougeL, 512,
-         "You are given several news passages. Write a one-page summary of all news. "
-         "\n\nNews:\n{context}\n\nNow, write a one-page summary of all the "
-         "news.\n\nSummary:"},
+     "You are given several news passages. Write a one-page summary of all news. "
+     "\n\nNews:\n{context}\n\nNow, write a one-page summary of all the "
+     "news.\n\nSummary:"},
     {"vcsum", LongBenchMetric::kRougeLZh, 512,
-         "下面有一段会议记录，请你阅读后，写一段总结，总结会议的内容。\n会议记录："
-         "\n{context}\n\n会议总结："},
+     "下面有一段会议记录，请你阅读后，写一段总结，总结会议的内容。\n会议记录："
+     "\n{context}\n\n会议总结："},
     {"trec", LongBenchMetric::kClassification, 64,
-         "Please determine the type of the question below. Here are some examples of "
-         "questions.\n\n{context}\n{input}"},
+     "Please determine the type of the question below. Here are some examples of "
+     "questions.\n\n{context}\n{input}"},
     {"triviaqa", LongBenchMetric::kQaF1, 32,
-         "Answer the question based on the given passage. Only give me the answer and do "
-         "not output any other words. The following are some "
-         "examples.\n\n{context}\n\n{input}"},
+     "Answer the question based on the given passage. Only give me the answer and do "
+     "not output any other words. The following are some "
+     "examples.\n\n{context}\n\n{input}"},
     {"samsum", LongBenchMetric::kRougeL, 128,
-         "Summarize the dialogue into a few short sentences. The following are some "
-         "examples.\n\n{context}\n\n{input}"},
+     "Summarize the dialogue into a few short sentences. The following are some "
+     "examples.\n\n{context}\n\n{input}"},
     {"lsht", LongBenchMetric::kClassification, 64,
-         "请判断给定新闻的类别，下面是一些例子。\n\n{context}\n{input}"},
+     "请判断给定新闻的类别，下面是一些例子。\n\n{context}\n{input}"},
     {"passage_count", LongBenchMetric::kCount, 32,
-         "There are some paragraphs below sourced from Wikipedia. Some of them may be "
-         "duplicates. Please carefully read these paragraphs and determine how many "
-         "unique paragraphs there are after removing duplicates. In other words, how many "
-         "non-repeating paragraphs are there in total?\n\n{context}\n\nPlease enter the "
-         "final count of unique paragraphs after removing duplicates. The output format "
-         "should only contain the number, such as 1, 2, 3, and so on.\n\nThe final answer "
-         "is: "},
+     "There are some paragraphs below sourced from Wikipedia. Some of them may be "
+     "duplicates. Please carefully read these paragraphs and determine how many "
+     "unique paragraphs there are after removing duplicates. In other words, how many "
+     "non-repeating paragraphs are there in total?\n\n{context}\n\nPlease enter the "
+     "final count of unique paragraphs after removing duplicates. The output format "
+     "should only contain the number, such as 1, 2, 3, and so on.\n\nThe final answer "
+     "is: "},
     {"passage_retrieval_en", LongBenchMetric::kRetrieval, 32,
-         "Here are 30 paragraphs from Wikipedia, along with an abstract. Please determine "
-         "which paragraph the abstract is from.\n\n{context}\n\nThe following is an "
-         "abstract.\n\n{input}\n\nPlease enter the number of the paragraph that the "
-         "abstract is from. The answer format must be like \"Paragraph 1\", \"Paragraph "
-         "2\", etc.\n\nThe answer is: "},
+     "Here are 30 paragraphs from Wikipedia, along with an abstract. Please determine "
+     "which paragraph the abstract is from.\n\n{context}\n\nThe following is an "
+     "abstract.\n\n{input}\n\nPlease enter the number of the paragraph that the "
+     "abstract is from. The answer format must be like \"Paragraph 1\", \"Paragraph "
+     "2\", etc.\n\nThe answer is: "},
     {"passage_retrieval_zh", LongBenchMetric::kRetrievalZh, 32,
-         "以下是若干段落文字，以及其中一个段落的摘要。请确定给定的摘要出自哪一段。"
-         "\n\n{context}\n\n下面是一个摘要\n\n{input}\n\n请输入摘要所属段落的编号。"
-         "答案格式必须是\"段落1\"，\"段落2\"等格式\n\n答案是："},
+     "以下是若干段落文字，以及其中一个段落的摘要。请确定给定的摘要出自哪一段。"
+     "\n\n{context}\n\n下面是一个摘要\n\n{input}\n\n请输入摘要所属段落的编号。"
+     "答案格式必须是\"段落1\"，\"段落2\"等格式\n\n答案是："},
     {"lcc", LongBenchMetric::kCodeSim, 64,
-         "Please complete the code given below. \n{context}Next line of code:\n"},
+     "Please complete the code given below. \n{context}Next line of code:\n"},
     {"repobench-p", LongBenchMetric::kCodeSim, 64,
-         "Please complete the code given below. \n{context}{input}Next line of code:\n"},
+     "Please complete the code given below. \n{context}{input}Next line of code:\n"},
 };
 
 const DatasetInfo* FindDataset(std::string_view name) {
@@ -164,14 +164,15 @@ std::string Encode(std::u32string_view s) {
 // str.isspace().
 bool IsSpace(char32_t c) {
   return (c >= 9 && c <= 13) || (c >= 28 && c <= 32) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
-         c == 0x205F || c == 0x3000;
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+         c == 0x3000;
 }
 
 // re's \w for str patterns: letters, numbers, underscore.
 bool IsWord(char32_t c) {
   if (c == U'_') return true;
-  if (c < 128) return (c >= U'a' && c <= U'z') || (c >= U'A' && c <= U'Z') || (c >= U'0' && c <= U'9');
+  if (c < 128)
+    return (c >= U'a' && c <= U'z') || (c >= U'A' && c <= U'Z') || (c >= U'0' && c <= U'9');
   switch (utf8proc_category(static_cast<utf8proc_int32_t>(c))) {
     case UTF8PROC_CATEGORY_LU:
     case UTF8PROC_CATEGORY_LL:
@@ -199,7 +200,8 @@ bool IsAsciiPunct(char32_t c) {
 }
 
 std::u32string Lower(std::u32string s) {
-  for (char32_t& c : s) c = static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c)));
+  for (char32_t& c : s)
+    c = static_cast<char32_t>(utf8proc_tolower(static_cast<utf8proc_int32_t>(c)));
   return s;
 }
 
@@ -305,8 +307,8 @@ std::vector<std::u32string> ZhSegment(std::u32string_view s) {
 const std::set<char32_t>& ZhPunctuation() {
   static const std::set<char32_t> set = [] {
     std::set<char32_t> s;
-    for (char32_t c : Decode(
-             "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏.")) {
+    for (char32_t c : Decode("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠"
+                             "｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏.")) {
       s.insert(c);
     }
     for (char32_t c = 0; c < 128; ++c) {
@@ -386,8 +388,8 @@ class SequenceMatcher {
 
   int64_t MatchingCharacters() {
     int64_t total = 0;
-    std::vector<std::array<int64_t, 4>> queue = {{0, static_cast<int64_t>(a_.size()), 0,
-                                                 static_cast<int64_t>(b_.size())}};
+    std::vector<std::array<int64_t, 4>> queue = {
+        {0, static_cast<int64_t>(a_.size()), 0, static_cast<int64_t>(b_.size())}};
     while (!queue.empty()) {
       const auto [alo, ahi, blo, bhi] = queue.back();
       queue.pop_back();
@@ -497,7 +499,8 @@ absl::StatusOr<std::vector<LongBenchSample>> LoadLongBench(const std::string& pa
     auto str = [&](const char* field, std::string* dst, bool required) -> absl::Status {
       auto it = j.find(field);
       if (it == j.end() || it->is_null()) {
-        if (required) return absl::InvalidArgumentError(absl::StrCat(where, ": missing '", field, "'"));
+        if (required)
+          return absl::InvalidArgumentError(absl::StrCat(where, ": missing '", field, "'"));
         return absl::OkStatus();
       }
       if (!it->is_string()) {
@@ -506,10 +509,12 @@ absl::StatusOr<std::vector<LongBenchSample>> LoadLongBench(const std::string& pa
       *dst = it->get<std::string>();
       return absl::OkStatus();
     };
-    auto list = [&](const char* field, std::vector<std::string>* dst, bool required) -> absl::Status {
+    auto list = [&](const char* field, std::vector<std::string>* dst,
+                    bool required) -> absl::Status {
       auto it = j.find(field);
       if (it == j.end() || it->is_null()) {
-        if (required) return absl::InvalidArgumentError(absl::StrCat(where, ": missing '", field, "'"));
+        if (required)
+          return absl::InvalidArgumentError(absl::StrCat(where, ": missing '", field, "'"));
         return absl::OkStatus();
       }
       if (!it->is_array()) {
@@ -648,8 +653,10 @@ double RougeLScore(std::string_view prediction, std::string_view ground_truth) {
   if (hyp.empty() || ref.empty()) return 0.0;  // the package raises; LongBench returns 0
   const auto hyp_words = RougeWords(hyp);
   const auto ref_words = RougeWords(ref);
-  const double m = static_cast<double>(std::set<std::u32string>(ref_words.begin(), ref_words.end()).size());
-  const double n = static_cast<double>(std::set<std::u32string>(hyp_words.begin(), hyp_words.end()).size());
+  const double m =
+      static_cast<double>(std::set<std::u32string>(ref_words.begin(), ref_words.end()).size());
+  const double n =
+      static_cast<double>(std::set<std::u32string>(hyp_words.begin(), hyp_words.end()).size());
   std::set<std::u32string> uni;
   for (const auto& r : ref) {
     const auto rw = SplitOn(r, U' ');
@@ -760,7 +767,8 @@ double ScoreLongBenchSample(std::string_view dataset, std::string_view predictio
   }
   const LongBenchMetric metric = MetricForDataset(dataset).value_or(LongBenchMetric::kQaF1);
   double score = 0.0;
-  for (const std::string& a : answers) score = std::max(score, MetricScore(metric, pred, a, all_classes));
+  for (const std::string& a : answers)
+    score = std::max(score, MetricScore(metric, pred, a, all_classes));
   return score;
 }
 

@@ -42,8 +42,8 @@ struct LongBenchSample {
   std::vector<std::string> answers;
   std::vector<std::string> all_classes;  // classification datasets; else empty
   std::string dataset;
-  int64_t length = 0;   // LongBench's word/char count of the context
-  std::string id;       // "_id" when present
+  int64_t length = 0;  // LongBench's word/char count of the context
+  std::string id;      // "_id" when present
 };
 
 // Reads a LongBench JSONL file (one sample per line; fields input, context, answers,

@@ -124,8 +124,8 @@ void PutChunk(std::string* out, const char type[4], const std::string& data) {
   std::string body(type, 4);
   body += data;
   out->append(body);
-  PutU32(out, static_cast<uint32_t>(
-                  crc32(0, reinterpret_cast<const Bytef*>(body.data()), body.size())));
+  PutU32(out,
+         static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(body.data()), body.size())));
 }
 
 }  // namespace
@@ -162,7 +162,8 @@ void Canvas::FillRect(int32_t x0, int32_t y0, int32_t x1, int32_t y1, Rgb c) {
 
 void Canvas::Line(double x0, double y0, double x1, double y1, Rgb c, int32_t thickness) {
   int32_t ax = static_cast<int32_t>(std::lround(x0)), ay = static_cast<int32_t>(std::lround(y0));
-  const int32_t bx = static_cast<int32_t>(std::lround(x1)), by = static_cast<int32_t>(std::lround(y1));
+  const int32_t bx = static_cast<int32_t>(std::lround(x1)),
+                by = static_cast<int32_t>(std::lround(y1));
   const int32_t dx = std::abs(bx - ax), dy = -std::abs(by - ay);
   const int32_t sx = ax < bx ? 1 : -1, sy = ay < by ? 1 : -1;
   int32_t err = dx + dy;
@@ -242,9 +243,8 @@ absl::Status WritePng(const std::string& path, const Canvas& canvas) {
 }
 
 Rgb PaletteColor(int32_t i) {
-  static constexpr Rgb kPalette[] = {{0, 114, 178},  {213, 94, 0},   {0, 158, 115},
-                                     {204, 121, 167}, {230, 159, 0}, {86, 180, 233},
-                                     {0, 0, 0},       {240, 228, 66}};
+  static constexpr Rgb kPalette[] = {{0, 114, 178}, {213, 94, 0},   {0, 158, 115}, {204, 121, 167},
+                                     {230, 159, 0}, {86, 180, 233}, {0, 0, 0},     {240, 228, 66}};
   return kPalette[((i % 8) + 8) % 8];
 }
 
@@ -252,9 +252,8 @@ absl::StatusOr<Canvas> RenderLinePlot(const LinePlot& p, int32_t width, int32_t 
   if (p.x.empty()) return absl::InvalidArgumentError("plot: no x values");
   for (const PlotSeries& s : p.series) {
     if (s.y.size() != p.x.size()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("plot: series '", s.name, "' has ", s.y.size(), " points for ", p.x.size(),
-                       " x values"));
+      return absl::InvalidArgumentError(absl::StrCat("plot: series '", s.name, "' has ", s.y.size(),
+                                                     " points for ", p.x.size(), " x values"));
     }
   }
   if (p.log2_x) {
@@ -306,7 +305,8 @@ absl::StatusOr<Canvas> RenderLinePlot(const LinePlot& p, int32_t width, int32_t 
       const double xx = px(p.x[i]);
       const double yy = py(std::clamp(s.y[i], p.y_min, p.y_max));
       if (have_prev) c.Line(prev_x, prev_y, xx, yy, s.color, 2);
-      const int32_t cx = static_cast<int32_t>(std::lround(xx)), cy = static_cast<int32_t>(std::lround(yy));
+      const int32_t cx = static_cast<int32_t>(std::lround(xx)),
+                    cy = static_cast<int32_t>(std::lround(yy));
       c.FillRect(cx - 3, cy - 3, cx + 3, cy + 3, s.color);
       have_prev = true;
       prev_x = xx;

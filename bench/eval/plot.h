@@ -27,7 +27,7 @@ class Canvas {
   Canvas(int32_t width, int32_t height, Rgb background = {255, 255, 255});
   int32_t width() const { return width_; }
   int32_t height() const { return height_; }
-  Rgb At(int32_t x, int32_t y) const;        // REQUIRES in range
+  Rgb At(int32_t x, int32_t y) const;         // REQUIRES in range
   void Set(int32_t x, int32_t y, Rgb color);  // ignores points outside
   void FillRect(int32_t x0, int32_t y0, int32_t x1, int32_t y1, Rgb color);  // inclusive
   // A line `thickness` pixels wide (Bresenham with a square brush).

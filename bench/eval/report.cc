@@ -243,14 +243,16 @@ absl::StatusOr<std::vector<std::string>> WriteScorePlots(
     for (CompressionPolicyKind pol : policies) {
       std::vector<double> y;
       for (double rate : rates) {
-        y.push_back(value(means, [&](const MeanRow& r) { return r.length == len; }, pol, rate));
+        y.push_back(value(
+            means, [&](const MeanRow& r) { return r.length == len; }, pol, rate));
       }
       vals.push_back(std::move(y));
     }
     const std::string name = absl::StrCat("score_mean_", len, ".png");
-    RETURN_IF_ERROR(WriteVariantPlot(absl::StrCat(dir, "/", name),
-                                     absl::StrCat("mean over tasks @ ", len, " tokens", title_suffix),
-                                     "accuracy", 0, 1, policies, rates, vals));
+    RETURN_IF_ERROR(
+        WriteVariantPlot(absl::StrCat(dir, "/", name),
+                         absl::StrCat("mean over tasks @ ", len, " tokens", title_suffix),
+                         "accuracy", 0, 1, policies, rates, vals));
     files.push_back(name);
   }
   return files;

@@ -54,8 +54,8 @@ struct MeanRow {
   int32_t length = 0;
   Variant variant;
   int32_t tasks = 0;
-  double accuracy = 0;           // mean of the tasks' accuracies
-  double relative_to_full = 0;   // accuracy / the full cache's (NaN when that is 0)
+  double accuracy = 0;          // mean of the tasks' accuracies
+  double relative_to_full = 0;  // accuracy / the full cache's (NaN when that is 0)
   double kept_fraction = 0;
 };
 

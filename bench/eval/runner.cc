@@ -46,13 +46,15 @@ absl::Status ValidateInputs(const ModelWeights& w, const std::vector<Variant>& v
     return absl::InvalidArgumentError("observation_window must be >= 1");
   }
   if (rs.protected_window < 0 || rs.sink_tokens < 0 || rs.min_kvs_per_head < 0) {
-    return absl::InvalidArgumentError("protected_window, sink_tokens and min_kvs_per_head must be >= 0");
+    return absl::InvalidArgumentError(
+        "protected_window, sink_tokens and min_kvs_per_head must be >= 0");
   }
   if (rs.wave_prompts < 1) return absl::InvalidArgumentError("wave_prompts must be >= 1");
   if (rs.engine_max_seqs < 1) return absl::InvalidArgumentError("engine_max_seqs must be >= 1");
   for (const Variant& v : variants) {
     if (!(v.rate >= 1.0) || !std::isfinite(v.rate)) {
-      return absl::InvalidArgumentError(absl::StrCat("compression rate must be >= 1, got ", v.rate));
+      return absl::InvalidArgumentError(
+          absl::StrCat("compression rate must be >= 1, got ", v.rate));
     }
   }
   (void)w;
@@ -63,14 +65,16 @@ absl::Status ValidateJobs(const ModelWeights& w, const std::vector<GenerationJob
   if (jobs.empty()) return absl::InvalidArgumentError("no prompts to run");
   for (size_t i = 0; i < jobs.size(); ++i) {
     const auto& j = jobs[i];
-    if (j.prompt.empty()) return absl::InvalidArgumentError(absl::StrCat("prompt ", i, " is empty"));
+    if (j.prompt.empty())
+      return absl::InvalidArgumentError(absl::StrCat("prompt ", i, " is empty"));
     if (static_cast<int64_t>(j.prompt.size()) >= w.config.max_position_embeddings) {
       return absl::InvalidArgumentError(absl::StrCat("prompt ", i, " has ", j.prompt.size(),
                                                      " tokens; the model's context is ",
                                                      w.config.max_position_embeddings));
     }
     if (j.max_new_tokens < 1) {
-      return absl::InvalidArgumentError(absl::StrCat("prompt ", i, ": max_new_tokens must be >= 1"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt ", i, ": max_new_tokens must be >= 1"));
     }
   }
   return absl::OkStatus();
@@ -133,7 +137,8 @@ class ForkSession {
     f.tokens = prompt;
     f.start_position = 0;
     f.tables = kv_->Tables(id);
-    f.score_queries = std::min<int32_t>(rs_.observation_window, static_cast<int32_t>(prompt.size()));
+    f.score_queries =
+        std::min<int32_t>(rs_.observation_window, static_cast<int32_t>(prompt.size()));
     f.score_pool = true;
     batch.seqs.push_back(f);
     RETURN_IF_ERROR(exec_->Forward(batch, &out_));
@@ -157,8 +162,7 @@ class ForkSession {
         return absl::FailedPreconditionError("Fork: the base sequence is compressed");
       }
       for (int32_t s = 0; s < sh.num_kvs; ++s) {
-        RETURN_IF_ERROR(
-            exec_->MoveKv(sh.blocks[s / b], s % b, dh.blocks[s / b], s % b));
+        RETURN_IF_ERROR(exec_->MoveKv(sh.blocks[s / b], s % b, dh.blocks[s / b], s % b));
       }
     }
     return id;
@@ -256,7 +260,8 @@ absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunWithEngine(
   const ModelConfig& c = weights->config;
   int64_t max_len = 0;
   for (const auto& j : jobs) {
-    max_len = std::max<int64_t>(max_len, static_cast<int64_t>(j.prompt.size()) + j.max_new_tokens + 1);
+    max_len =
+        std::max<int64_t>(max_len, static_cast<int64_t>(j.prompt.size()) + j.max_new_tokens + 1);
   }
   const int64_t heads = static_cast<int64_t>(c.num_hidden_layers) * c.num_key_value_heads;
   // Room for engine_max_seqs uncompressed sequences at their longest: nothing is ever preempted.
@@ -327,7 +332,8 @@ absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunSharedPrefill(
   // Pool: per wave, every variant of every prompt at its bound, plus one full-size transient.
   int64_t max_len = 0;
   for (const auto& j : jobs) {
-    max_len = std::max<int64_t>(max_len, static_cast<int64_t>(j.prompt.size()) + j.max_new_tokens + 1);
+    max_len =
+        std::max<int64_t>(max_len, static_cast<int64_t>(j.prompt.size()) + j.max_new_tokens + 1);
   }
   int64_t per_job = BlocksBound(probe, Variant{}, max_len, rs.protected_window);  // the base
   for (const Variant& v : variants) {
@@ -345,18 +351,19 @@ absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunSharedPrefill(
     int64_t id = 0;
     std::vector<int32_t> tokens;  // prompt + generated
     int32_t generated = 0;
-    bool shares_base = false;     // the full variant decodes on the base sequence itself
+    bool shares_base = false;  // the full variant decodes on the base sequence itself
   };
   std::vector<std::vector<GenerationResult>> results(
       jobs.size(), std::vector<GenerationResult>(variants.size()));
   // The engine's finish rule after a sampled token.
   auto finished = [&](const Seq& s, int32_t tok) {
     const GenerationJob& j = jobs[s.job];
-    if (std::find(j.stop_token_ids.begin(), j.stop_token_ids.end(), tok) != j.stop_token_ids.end()) {
+    if (std::find(j.stop_token_ids.begin(), j.stop_token_ids.end(), tok) !=
+        j.stop_token_ids.end()) {
       return true;
     }
-    if (!j.ignore_eos && std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) !=
-                             c.eos_token_ids.end()) {
+    if (!j.ignore_eos &&
+        std::find(c.eos_token_ids.begin(), c.eos_token_ids.end(), tok) != c.eos_token_ids.end()) {
       return true;
     }
     return s.generated >= j.max_new_tokens ||
@@ -471,14 +478,15 @@ absl::StatusOr<std::vector<PerplexityResult>> RunPerplexity(
                                                      prefix_len));
     }
     if (static_cast<int64_t>(windows[i].size()) > c.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat("perplexity window ", i, " is longer than ",
-                                                     "the model's context"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("perplexity window ", i, " is longer than ", "the model's context"));
     }
     max_len = std::max<int64_t>(max_len, static_cast<int64_t>(windows[i].size()));
   }
   const KvLayout probe = LayoutFor(c, rs.block_size, 1);
   int64_t per_window = BlocksBound(probe, Variant{}, max_len, rs.protected_window);
-  for (const Variant& v : variants) per_window += BlocksBound(probe, v, max_len, rs.protected_window);
+  for (const Variant& v : variants)
+    per_window += BlocksBound(probe, v, max_len, rs.protected_window);
   const int64_t wave = std::min<int64_t>(rs.wave_prompts, static_cast<int64_t>(windows.size()));
   ASSIGN_OR_RETURN(std::unique_ptr<ForkSession> session,
                    ForkSession::Create(weights, rs, wave * per_window + per_window));
@@ -504,8 +512,8 @@ absl::StatusOr<std::vector<PerplexityResult>> RunPerplexity(
         nll[v] += first;
         count[v] += 1;
         ASSIGN_OR_RETURN(int64_t id, session->Fork(base));
-        RETURN_IF_ERROR(session->Compress(id, variants[v], PolicySeed(i),
-                                          CompressionTrigger::kPrefill));
+        RETURN_IF_ERROR(
+            session->Compress(id, variants[v], PolicySeed(i), CompressionTrigger::kPrefill));
         seqs.push_back({i, v, id});
       }
       RETURN_IF_ERROR(kv.FreeSequence(base));
@@ -535,7 +543,8 @@ absl::StatusOr<std::vector<PerplexityResult>> RunPerplexity(
       RETURN_IF_ERROR(session->Decode(rows));
       for (size_t r = 0; r < live.size(); ++r) {
         const Seq& s = seqs[live[r]];
-        nll[s.variant] += NegLogLikelihood(session->logits(r), windows[s.window][prefix_len + t + 1]);
+        nll[s.variant] +=
+            NegLogLikelihood(session->logits(r), windows[s.window][prefix_len + t + 1]);
         count[s.variant] += 1;
       }
     }

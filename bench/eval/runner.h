@@ -51,11 +51,11 @@ struct RunSettings {
   int32_t observation_window = 32;  // w: last prompt queries that score the prompt's KVs
   int32_t sink_tokens = 0;
   int32_t min_kvs_per_head = 0;
-  bool continual = true;            // re-compress to the budget while decoding
-  bool decode_scores = true;        // decode queries add their squared probabilities
+  bool continual = true;      // re-compress to the budget while decoding
+  bool decode_scores = true;  // decode queries add their squared probabilities
   int32_t score_pool_kernel = 7;
-  int32_t wave_prompts = 4;         // shared prefill: prompts whose variants decode together
-  int32_t engine_max_seqs = 32;     // engine driver: running sequences at most
+  int32_t wave_prompts = 4;      // shared prefill: prompts whose variants decode together
+  int32_t engine_max_seqs = 32;  // engine driver: running sequences at most
 };
 
 // One prompt to generate from.
@@ -64,7 +64,7 @@ struct GenerationJob {
   int32_t max_new_tokens = 24;
   std::vector<int32_t> stop_token_ids;  // finish after generating one of these (included)
   bool ignore_eos = false;
-  uint64_t seed = 0;                    // the `random` policy's per-sequence seed derives from it
+  uint64_t seed = 0;  // the `random` policy's per-sequence seed derives from it
 };
 
 struct GenerationResult {
@@ -72,7 +72,7 @@ struct GenerationResult {
   int64_t kvs_held = 0;         // at the end, over all heads
   int64_t kvs_uncompressed = 0;
   int32_t compressions = 0;
-  int32_t preemptions = 0;      // engine driver only; 0 is required for valid results
+  int32_t preemptions = 0;  // engine driver only; 0 is required for valid results
 };
 
 // Called after each finished prompt (all its variants): (prompts done, prompts in all).

@@ -161,8 +161,8 @@ uint64_t SeedFor(uint64_t seed_base, TaskKind task, int32_t context_length, int3
 
 double SourceWeight(std::string_view name) {
   static const std::pair<std::string_view, double> kWeights[] = {
-      {"sotu", 0.22},    {"moby_dick", 0.08}, {"austen", 0.20},     {"kjv", 0.12},
-      {"fortunes", 0.10}, {"jargon", 0.08},   {"python_docs", 0.20}};
+      {"sotu", 0.22},     {"moby_dick", 0.08}, {"austen", 0.20},     {"kjv", 0.12},
+      {"fortunes", 0.10}, {"jargon", 0.08},    {"python_docs", 0.20}};
   for (const auto& [n, w] : kWeights) {
     if (n == name) return w;
   }
@@ -210,8 +210,8 @@ absl::StatusOr<std::vector<HaystackSource>> LoadHaystack(const std::string& path
         cur->text.append(line);
         if (end < data.size()) cur->text.push_back('\n');
       } else if (!line.empty() && line[0] != '#') {
-        return absl::InvalidArgumentError(absl::StrCat(
-            path, " line ", line_no, ": text before the first '@@source NAME' line"));
+        return absl::InvalidArgumentError(
+            absl::StrCat(path, " line ", line_no, ": text before the first '@@source NAME' line"));
       }
       pos = end + 1;
     }
@@ -246,7 +246,8 @@ absl::StatusOr<std::unique_ptr<TaskGenerator>> TaskGenerator::Create(
   for (int32_t id = 0; id < v; ++id) {
     const std::string t = tokenizer->IdToToken(id);
     if (t.empty()) continue;
-    g->space_start_[id] = std::string_view(t).starts_with(kSpace) || std::string_view(t).starts_with(kNewline);
+    g->space_start_[id] =
+        std::string_view(t).starts_with(kSpace) || std::string_view(t).starts_with(kNewline);
     const char last = t.back();
     g->sent_end_[id] = last == '.' || last == '!' || last == '?' || last == '"' ||
                        std::string_view(t).ends_with(kNewline);
@@ -310,8 +311,7 @@ TaskGenerator::Spec TaskGenerator::MakeSpec(TaskKind task, int32_t seq_len, Eval
     }
     case TaskKind::kNiahSingle:
     case TaskKind::kNiahMultikey: {
-      const int64_t kmax =
-          task == TaskKind::kNiahSingle ? 1 : Clip(seq_len / 160, 2, 16);
+      const int64_t kmax = task == TaskKind::kNiahSingle ? 1 : Clip(seq_len / 160, 2, 16);
       const int64_t k = kmax == 1 ? 1 : rng.Range(2, kmax + 1);
       // k distinct words (a partial Fisher-Yates over indices).
       std::vector<size_t> idx(words_.size());
@@ -448,15 +448,15 @@ absl::StatusOr<TaskCase> TaskGenerator::Generate(TaskKind task, int32_t context_
     }
     const int64_t hay_len = prompt_len - 1 - static_cast<int64_t>(tail_ids.size()) - needle_tokens;
     if (hay_len < 16) {
-      return absl::InvalidArgumentError(absl::StrCat("context length ", context_length,
-                                                     " leaves no room for the haystack"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("context length ", context_length, " leaves no room for the haystack"));
     }
     std::string source;
     std::vector<int32_t> hay = Window(rng, static_cast<int32_t>(hay_len), &source);
     if (hay.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "no haystack source has ", hay_len + 64, " tokens (needed for context length ",
-          context_length, ")"));
+      return absl::InvalidArgumentError(absl::StrCat("no haystack source has ", hay_len + 64,
+                                                     " tokens (needed for context length ",
+                                                     context_length, ")"));
     }
     // Needle values must not occur in the haystack, nor inside one another.
     const std::string hay_text = tok_->Decode(hay, false);
@@ -525,7 +525,8 @@ absl::StatusOr<TaskCase> TaskGenerator::Generate(TaskKind task, int32_t context_
     // Insert in position order (stable in needle order for equal positions).
     std::vector<size_t> order(k);
     std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return pos[a] < pos[b]; });
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return pos[a] < pos[b]; });
     c.prompt.clear();
     c.prompt.reserve(prompt_len);
     c.prompt.push_back(bos_);
@@ -546,8 +547,9 @@ absl::StatusOr<TaskCase> TaskGenerator::Generate(TaskKind task, int32_t context_
     c.values = spec.values;
     return c;
   }
-  return absl::InternalError(absl::StrCat("could not place the needles of ", std::string(TaskName(task)),
-                                          " case ", index, " in 100 draws"));
+  return absl::InternalError(absl::StrCat("could not place the needles of ",
+                                          std::string(TaskName(task)), " case ", index,
+                                          " in 100 draws"));
 }
 
 absl::StatusOr<std::vector<std::vector<int32_t>>> TaskGenerator::ProseWindows(

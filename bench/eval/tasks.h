@@ -102,12 +102,12 @@ struct TaskCase {
   uint64_t seed = 0;
   std::vector<int32_t> prompt;  // context_length - kAnswerTokens ids, starting with <|bos|>
   std::string question;
-  std::string answer;           // expected text before the model's '.'
-  std::string source;           // haystack source name
-  int32_t num_needles = 0;      // needle sentences (statements for vartrack)
-  double target_depth = -1;     // controlled-depth tasks: (index mod 11) / 10; else -1
-  double depth = 0;             // haystack tokens before the queried needle / haystack tokens
-                                // (vartrack: before the queried chain's first statement)
+  std::string answer;               // expected text before the model's '.'
+  std::string source;               // haystack source name
+  int32_t num_needles = 0;          // needle sentences (statements for vartrack)
+  double target_depth = -1;         // controlled-depth tasks: (index mod 11) / 10; else -1
+  double depth = 0;                 // haystack tokens before the queried needle / haystack tokens
+                                    // (vartrack: before the queried chain's first statement)
   std::vector<std::string> values;  // every needle value (numbers, hex values, variable names)
 };
 
