@@ -43,15 +43,15 @@ absl::Status CublasError(cublasStatus_t st, const std::string& what) {
   return absl::InternalError(msg);
 }
 
-#define KVC_CUDA_RETURN_IF_ERROR(expr, what)                          \
-  do {                                                                \
-    const cudaError_t kvc_cuda_err_ = (expr);                         \
+#define KVC_CUDA_RETURN_IF_ERROR(expr, what)                                   \
+  do {                                                                         \
+    const cudaError_t kvc_cuda_err_ = (expr);                                  \
     if (kvc_cuda_err_ != cudaSuccess) return CudaError(kvc_cuda_err_, (what)); \
   } while (0)
 
-#define KVC_CUBLAS_RETURN_IF_ERROR(expr, what)                            \
-  do {                                                                    \
-    const cublasStatus_t kvc_cublas_st_ = (expr);                         \
+#define KVC_CUBLAS_RETURN_IF_ERROR(expr, what)                                               \
+  do {                                                                                       \
+    const cublasStatus_t kvc_cublas_st_ = (expr);                                            \
     if (kvc_cublas_st_ != CUBLAS_STATUS_SUCCESS) return CublasError(kvc_cublas_st_, (what)); \
   } while (0)
 
@@ -62,7 +62,8 @@ class DevBuf {
   DevBuf() = default;
   DevBuf(const DevBuf&) = delete;
   DevBuf& operator=(const DevBuf&) = delete;
-  DevBuf(DevBuf&& o) noexcept : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DevBuf(DevBuf&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
   DevBuf& operator=(DevBuf&& o) noexcept {
     std::swap(ptr_, o.ptr_);
     std::swap(bytes_, o.bytes_);
@@ -244,8 +245,7 @@ struct CudaExecutor::State {
   std::map<GemmKey, std::unique_ptr<GemmPlan>> gemm_plans;
 
   struct Layer {
-    DevBuf input_norm, post_norm, qkv, qkv_bias, o, o_bias, gate_up, gate_up_bias, down,
-        down_bias;
+    DevBuf input_norm, post_norm, qkv, qkv_bias, o, o_bias, gate_up, gate_up_bias, down, down_bias;
     bool has_qkv_bias = false, has_o_bias = false, has_mlp_bias = false;
   };
   std::vector<Layer> layers;
@@ -287,16 +287,17 @@ struct CudaExecutor::State {
 };
 
 absl::Status CudaExecutor::State::Gemm(const void* x, int64_t ldx, int64_t in, const DevBuf& w,
-                                       const DevBuf* bias, int64_t n_out, void* y_out,
-                                       int64_t ldy, int64_t rows, bool out_f32) {
+                                       const DevBuf* bias, int64_t n_out, void* y_out, int64_t ldy,
+                                       int64_t rows, bool out_f32) {
   if (rows == 0) return absl::OkStatus();
   const GemmKey key{n_out, rows, in, ldx, ldy, out_f32, bias != nullptr};
   auto it = gemm_plans.find(key);
   if (it == gemm_plans.end()) {
     if (gemm_plans.size() > 4096) gemm_plans.clear();  // many distinct prefill lengths
     auto plan = std::make_unique<GemmPlan>();
-    KVC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
-                               "cublasLtMatmulDescCreate");
+    KVC_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
+        "cublasLtMatmulDescCreate");
     const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
     KVC_CUBLAS_RETURN_IF_ERROR(
         cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)),
@@ -310,9 +311,10 @@ absl::Status CudaExecutor::State::Gemm(const void* x, int64_t ldx, int64_t in, c
                                      plan->desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)),
                                  "EPILOGUE");
       const void* bp = bias->as<void>();
-      KVC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
-                                     plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)),
-                                 "BIAS_POINTER");
+      KVC_CUBLAS_RETURN_IF_ERROR(
+          cublasLtMatmulDescSetAttribute(plan->desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp,
+                                         sizeof(bp)),
+          "BIAS_POINTER");
     }
     // Column-major view: A = W as [k, m] (ld k), op(A) = W; B = X as [k, n] (ld ldx);
     // D = Y^T as [m, n] (ld ldy).
@@ -344,9 +346,9 @@ absl::Status CudaExecutor::State::Gemm(const void* x, int64_t ldx, int64_t in, c
   GemmPlan& p = *it->second;
   if (bias != nullptr) {
     const void* bp = bias->as<void>();
-    KVC_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
-                                   p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)),
-                               "BIAS_POINTER");
+    KVC_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)),
+        "BIAS_POINTER");
   }
   const float alpha = 1.0f, beta = 0.0f;
   KVC_CUBLAS_RETURN_IF_ERROR(
@@ -392,13 +394,13 @@ absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(
     return absl::InvalidArgumentError(absl::StrCat("num_blocks ", num_blocks, " is too large"));
   }
   if (block_size != 8 && block_size != 16 && block_size != 32) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "block_size must be 8, 16 or 32 on the CUDA backend, got ", block_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("block_size must be 8, 16 or 32 on the CUDA backend, got ", block_size));
   }
   const int32_t kd = StorageHeadDim(c.head_dim);
   if (kd == 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "CudaExecutor: head_dim ", c.head_dim, " is not supported (even, at most 128)"));
+    return absl::InvalidArgumentError(absl::StrCat("CudaExecutor: head_dim ", c.head_dim,
+                                                   " is not supported (even, at most 128)"));
   }
   const int32_t group = c.num_attention_heads / c.num_key_value_heads;
   if (c.num_attention_heads % c.num_key_value_heads != 0 ||
@@ -408,8 +410,8 @@ absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(
                      c.num_key_value_heads, " is not supported (1, 2, 4 or 8)"));
   }
   if (c.hidden_size % 8 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "CudaExecutor: hidden_size ", c.hidden_size, " must be a multiple of 8"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("CudaExecutor: hidden_size ", c.hidden_size, " must be a multiple of 8"));
   }
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess || device < 0 || device >= count) {
@@ -544,8 +546,7 @@ absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(
   KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->positions.as<void>(), 0, slots * sizeof(int32_t)),
                            "memset positions");
   KVC_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize(), "CudaExecutor setup");
-  s->reader.Init(s->scores.as<float>(), s->positions.as<int32_t>(), block_size, num_blocks,
-                 device);
+  s->reader.Init(s->scores.as<float>(), s->positions.as<int32_t>(), block_size, num_blocks, device);
   KVC_LOG(INFO) << "CudaExecutor: " << c.name << " on device " << device << " (" << s->sms
                 << " SMs), head_dim " << d << " (stored " << kd << "), " << num_blocks
                 << " blocks of " << block_size;
@@ -559,8 +560,8 @@ absl::Status ValidateBatch(const ForwardBatch& batch, const ModelConfig& c,
   const int32_t bs = layout.block_size;
   if (batch.score_pool_kernel < 0 ||
       (batch.score_pool_kernel > 1 && batch.score_pool_kernel % 2 == 0)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "batch.score_pool_kernel must be 0, 1 or odd, got ", batch.score_pool_kernel));
+    return absl::InvalidArgumentError(
+        absl::StrCat("batch.score_pool_kernel must be 0, 1 or odd, got ", batch.score_pool_kernel));
   }
   for (size_t i = 0; i < batch.seqs.size(); ++i) {
     const ForwardSequence& s = batch.seqs[i];
@@ -746,8 +747,8 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
       for (int32_t l = 0; l < L; ++l) {
         for (int32_t q = i; q < j; ++q) {
           for (int32_t hh = 0; hh < H; ++hh) {
-            r.max_kvs[l] = std::max(r.max_kvs[l], mh[off_nkv + (static_cast<int64_t>(l) * S + q) *
-                                                                   H + hh]);
+            r.max_kvs[l] =
+                std::max(r.max_kvs[l], mh[off_nkv + (static_cast<int64_t>(l) * S + q) * H + hh]);
           }
         }
       }
@@ -760,18 +761,18 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   int64_t ws_bytes = 256;
   for (int32_t l = 0; l < L; ++l) {
     if (nD0 > 0) {
-      plan_d0[l] = kernels::MakeDecodeAttentionPlan(nD0, H, s.hq, kd, std::max(max_d0[l], 1),
-                                                    s.sms, false);
+      plan_d0[l] =
+          kernels::MakeDecodeAttentionPlan(nD0, H, s.hq, kd, std::max(max_d0[l], 1), s.sms, false);
       ws_bytes = std::max(ws_bytes, plan_d0[l].workspace_bytes);
     }
     if (nD1 > 0) {
-      plan_d1[l] = kernels::MakeDecodeAttentionPlan(nD1, H, s.hq, kd, std::max(max_d1[l], 1),
-                                                    s.sms, true);
+      plan_d1[l] =
+          kernels::MakeDecodeAttentionPlan(nD1, H, s.hq, kd, std::max(max_d1[l], 1), s.sms, true);
       ws_bytes = std::max(ws_bytes, plan_d1[l].workspace_bytes);
     }
     for (const WindowRun& r : runs) {
-      ws_bytes = std::max(ws_bytes,
-                          kernels::WindowScoreWorkspaceBytes(r.count, H, s.hq, r.max_kvs[l]));
+      ws_bytes =
+          std::max(ws_bytes, kernels::WindowScoreWorkspaceBytes(r.count, H, s.hq, r.max_kvs[l]));
     }
   }
 
@@ -795,8 +796,8 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   try {
     out->logits.resize(static_cast<size_t>(O) * s.vocab);
   } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(absl::StrCat("Forward: cannot allocate ", O,
-                                                     " rows of logits"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("Forward: cannot allocate ", O, " rows of logits"));
   }
 
   cudaStream_t stream = s.stream;
@@ -833,8 +834,7 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
     gp.out = res;
     RETURN_IF_ERROR(kernels::GatherRows(gp, sh));
   }
-  auto rms_norm = [&](const Bf16* x, Bf16* residual, const DevBuf& weight, Bf16* o,
-                      int32_t nrows) {
+  auto rms_norm = [&](const Bf16* x, Bf16* residual, const DevBuf& weight, Bf16* o, int32_t nrows) {
     kernels::RmsNormParams np;
     np.rows = nrows;
     np.dim = h;
@@ -863,8 +863,8 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
     } else {
       RETURN_IF_ERROR(rms_norm(y, res, lw.input_norm, normed, T));
     }
-    RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.qkv, lw.has_qkv_bias ? &lw.qkv_bias : nullptr,
-                           s.qkv_w, qkv, s.qkv_w, T, false));
+    RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.qkv, lw.has_qkv_bias ? &lw.qkv_bias : nullptr, s.qkv_w,
+                           qkv, s.qkv_w, T, false));
     {
       kernels::RopeParams rp;
       rp.num_tokens = T;
@@ -945,12 +945,11 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
     if (nD0 > 0) RETURN_IF_ERROR(decode(nP, nD0, max_d0[l], plan_d0[l], false));
     if (nD1 > 0) RETURN_IF_ERROR(decode(nP + nD0, nD1, max_d1[l], plan_d1[l], true));
 
-    RETURN_IF_ERROR(s.Gemm(attn, attn_w, attn_w, lw.o, lw.has_o_bias ? &lw.o_bias : nullptr, h,
-                           y, h, T, false));
+    RETURN_IF_ERROR(s.Gemm(attn, attn_w, attn_w, lw.o, lw.has_o_bias ? &lw.o_bias : nullptr, h, y,
+                           h, T, false));
     RETURN_IF_ERROR(rms_norm(y, res, lw.post_norm, normed, T));
-    RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.gate_up,
-                           lw.has_mlp_bias ? &lw.gate_up_bias : nullptr, 2 * s.imp, mlp,
-                           2 * s.imp, T, false));
+    RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.gate_up, lw.has_mlp_bias ? &lw.gate_up_bias : nullptr,
+                           2 * s.imp, mlp, 2 * s.imp, T, false));
     {
       kernels::SwiGluParams sp;
       sp.rows = T;
@@ -979,8 +978,8 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
     gp.out = dst;
     RETURN_IF_ERROR(kernels::GatherRows(gp, sh));
   }
-  RETURN_IF_ERROR(rms_norm(s.g_y.as<Bf16>(), s.g_res.as<Bf16>(), s.final_norm, s.lnin.as<Bf16>(),
-                           O));
+  RETURN_IF_ERROR(
+      rms_norm(s.g_y.as<Bf16>(), s.g_res.as<Bf16>(), s.final_norm, s.lnin.as<Bf16>(), O));
   const DevBuf& head = s.config.tie_word_embeddings ? s.embed : s.lm_head;
   RETURN_IF_ERROR(s.Gemm(s.lnin.as<Bf16>(), h, h, head, nullptr, s.vocab, s.logits.as<float>(),
                          s.vocab, O, true));
@@ -1001,8 +1000,8 @@ absl::Status CudaExecutor::MoveKvs(std::span<const KvMove> moves) {
          {std::tuple<int32_t, int32_t, const char*>{m.src_block, m.src_offset, "source"},
           std::tuple<int32_t, int32_t, const char*>{m.dst_block, m.dst_offset, "destination"}}) {
       if (block < 0 || block >= s.layout.num_blocks || offset < 0 || offset >= bs) {
-        return absl::InvalidArgumentError(absl::StrCat("MoveKvs: moves[", i, "] ", what,
-                                                       " (block ", block, ", offset ", offset,
+        return absl::InvalidArgumentError(absl::StrCat("MoveKvs: moves[", i, "] ", what, " (block ",
+                                                       block, ", offset ", offset,
                                                        ") is out of range"));
       }
     }
@@ -1066,9 +1065,9 @@ absl::StatusOr<std::vector<float>> CudaExecutor::ReadKvRow(int32_t block, int32_
   std::vector<Bf16> row(s.kd);
   const int64_t slot = static_cast<int64_t>(block) * s.layout.block_size + offset;
   const Bf16* base = value ? s.v.as<Bf16>() : s.k.as<Bf16>();
-  KVC_CUDA_RETURN_IF_ERROR(cudaMemcpy(row.data(), base + slot * s.kd, sizeof(Bf16) * s.kd,
-                                      cudaMemcpyDeviceToHost),
-                           "ReadKvRow");
+  KVC_CUDA_RETURN_IF_ERROR(
+      cudaMemcpy(row.data(), base + slot * s.kd, sizeof(Bf16) * s.kd, cudaMemcpyDeviceToHost),
+      "ReadKvRow");
   std::vector<float> outv(s.d);
   for (int32_t r = 0; r < s.d; ++r) outv[r] = kernels::Bf16ToFloat(row[s.Pad(r)]);
   return outv;
