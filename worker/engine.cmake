@@ -17,7 +17,7 @@ kvc_cc_library(
 kvc_cc_binary(
   NAME kvc-worker
   SRCS main.cc
-  DEPS kvc_worker_service kvc_kvmanager_service kvc_cpu_executor kvc_model kvc_grpc_server
+  DEPS kvc_worker_service kvc_kvmanager_service kvc_cpu_executor kvc_tp_cpu_executor kvc_model kvc_grpc_server
        absl::flags absl::flags_parse)
 if(KVC_CUDA_ENABLED)
   target_link_libraries(kvc-worker PRIVATE kvc_kernels_cuda)

@@ -19,6 +19,7 @@
 #include "model/weights.h"
 #include "worker/cpu_executor.h"
 #include "worker/engine.h"
+#include "worker/tp_cpu_executor.h"
 #include "worker/worker_service.h"
 
 ABSL_FLAG(std::string, model_dir, "models/kvc-ref",
@@ -32,6 +33,10 @@ ABSL_FLAG(int, metrics_port, 9461, "Prometheus /metrics port (0 = pick a free on
 ABSL_FLAG(std::string, backend, "auto", "Executor backend: auto, cpu or cuda.");
 ABSL_FLAG(int64_t, num_blocks, 0, "KV blocks in the pool (0 = derive from --kv_cache_memory).");
 ABSL_FLAG(int64_t, kv_cache_memory, 256ll << 20, "Bytes for the KV pool when --num_blocks is 0.");
+ABSL_FLAG(int32_t, tensor_parallel, 1,
+          "Ranks of the tensor-parallel group; must divide num_key_value_heads. CPU backend: "
+          "one thread per rank, each with its own weight shard and KV pool (--kv_cache_memory "
+          "covers all of them).");
 ABSL_FLAG(int, block_size, 16, "KVs per block (one (sequence, layer, kv_head) per block).");
 ABSL_FLAG(int, max_num_seqs, 64, "Maximum running sequences.");
 ABSL_FLAG(int, max_prefill_tokens, 4096, "Prompt tokens prefilled per engine step.");
@@ -99,17 +104,28 @@ absl::Status Run() {
     return absl::InvalidArgumentError(absl::StrCat("--block_size must be in [1, 256], got ",
                                                    block_size));
   }
+  const int32_t tensor_parallel = absl::GetFlag(FLAGS_tensor_parallel);
+  if (tensor_parallel < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tensor_parallel must be >= 1, got ", tensor_parallel));
+  }
   int64_t num_blocks = absl::GetFlag(FLAGS_num_blocks);
   if (num_blocks <= 0) {
-    // K + V fp32, plus score (fp32) and position (int32) per KV.
+    // K + V fp32, plus score (fp32) and position (int32) per KV; one pool per rank.
     const int64_t bytes_per_block =
-        static_cast<int64_t>(block_size) * (2 * cfg.head_dim * 4 + 4 + 4);
+        TensorParallelCpuExecutor::KvBytesPerBlock(cfg, block_size, tensor_parallel);
     num_blocks = absl::GetFlag(FLAGS_kv_cache_memory) / bytes_per_block;
   }
   if (num_blocks < 1) return absl::InvalidArgumentError("the KV pool would have no blocks");
 
-  ASSIGN_OR_RETURN(auto executor,
-                   CpuExecutor::Create(weights, num_blocks, block_size));
+  std::unique_ptr<Executor> executor;
+  if (tensor_parallel == 1) {
+    ASSIGN_OR_RETURN(executor, CpuExecutor::Create(weights, num_blocks, block_size));
+  } else {
+    // INVALID_ARGUMENT naming num_key_value_heads when tensor_parallel does not divide it.
+    ASSIGN_OR_RETURN(executor, TensorParallelCpuExecutor::Create(weights, num_blocks, block_size,
+                                                                 tensor_parallel));
+  }
   KvManagerOptions kv_options;
   kv_options.layout = executor->layout();
   ASSIGN_OR_RETURN(auto kv, KvManager::Create(kv_options));
@@ -188,7 +204,8 @@ absl::Status Run() {
       [&](int port) {
         engine.Start();
         KVC_LOG(INFO) << "kvc-worker serving " << name << " (" << cfg.architecture << ", "
-                      << engine.executor().backend() << ", " << num_blocks << " blocks of "
+                      << engine.executor().backend() << ", tensor_parallel " << tensor_parallel
+                      << ", " << num_blocks << " blocks of "
                       << block_size << ") on " << so.host << ":" << port;
       },
       [&] { engine.Stop(); });
