@@ -226,7 +226,7 @@ struct GemmPlan {
   }
 };
 
-using GemmKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool>;
+using GemmKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool>;
 
 }  // namespace
 
@@ -255,7 +255,7 @@ struct CudaExecutor::State {
   DeviceSlotReader reader;
 
   // Scratch (grown per Forward while the stream is idle).
-  DevBuf res, normed, qkv_act, attn, y, mlp, lse, g_res, g_y, lnin, logits, ws, meta, moves;
+  DevBuf res, normed, qkv_act, attn, mlp, lse, g_res, lnin, logits, ws, meta, moves;
   PinnedBuf meta_host, logits_host, moves_host;
   size_t rows_cap = 0, out_cap = 0;
 
@@ -282,15 +282,21 @@ struct CudaExecutor::State {
   // Padded position of real element r of a head.
   int32_t Pad(int32_t r) const { return r < d / 2 ? r : kd / 2 + (r - d / 2); }
 
+  // Y[rows, n_out] (ld ldy) = X[rows, in] (ld ldx) . W[n_out, in]^T (+ bias, bf16 output only);
+  // out_f32: Y is fp32, and with `accumulate` Y += X . W^T (the fp32 residual stream).
   absl::Status Gemm(const void* x, int64_t ldx, int64_t in, const DevBuf& w, const DevBuf* bias,
-                    int64_t n_out, void* y_out, int64_t ldy, int64_t rows, bool out_f32);
+                    int64_t n_out, void* y_out, int64_t ldy, int64_t rows, bool out_f32,
+                    bool accumulate = false);
 };
 
 absl::Status CudaExecutor::State::Gemm(const void* x, int64_t ldx, int64_t in, const DevBuf& w,
                                        const DevBuf* bias, int64_t n_out, void* y_out, int64_t ldy,
-                                       int64_t rows, bool out_f32) {
+                                       int64_t rows, bool out_f32, bool accumulate) {
   if (rows == 0) return absl::OkStatus();
-  const GemmKey key{n_out, rows, in, ldx, ldy, out_f32, bias != nullptr};
+  if (bias != nullptr && out_f32) {
+    return absl::InternalError("Gemm: a bias epilogue is only used with bf16 outputs");
+  }
+  const GemmKey key{n_out, rows, in, ldx, ldy, out_f32, bias != nullptr, accumulate};
   auto it = gemm_plans.find(key);
   if (it == gemm_plans.end()) {
     if (gemm_plans.size() > 4096) gemm_plans.clear();  // many distinct prefill lengths
@@ -350,7 +356,7 @@ absl::Status CudaExecutor::State::Gemm(const void* x, int64_t ldx, int64_t in, c
         cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)),
         "BIAS_POINTER");
   }
-  const float alpha = 1.0f, beta = 0.0f;
+  const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   KVC_CUBLAS_RETURN_IF_ERROR(
       cublasLtMatmul(lt, p.desc, &alpha, w.as<void>(), p.a, x, p.b, &beta, y_out, p.d, y_out, p.d,
                      &p.algo, lt_ws.as<void>(), kLtWorkspaceBytes, stream),
@@ -779,15 +785,13 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   // ---- scratch (the stream is idle here: the previous call synchronised) ----
   const size_t rows = static_cast<size_t>(T);
   auto bf = [](size_t n) { return n * sizeof(Bf16); };
-  RETURN_IF_ERROR(s.res.Reserve(bf(rows * h), "residual"));
+  RETURN_IF_ERROR(s.res.Reserve(rows * h * sizeof(float), "residual"));
   RETURN_IF_ERROR(s.normed.Reserve(bf(rows * h), "normed"));
   RETURN_IF_ERROR(s.qkv_act.Reserve(bf(rows * s.qkv_w), "qkv"));
   RETURN_IF_ERROR(s.attn.Reserve(bf(rows * s.hq * kd), "attention output"));
-  RETURN_IF_ERROR(s.y.Reserve(bf(rows * h), "projection output"));
   RETURN_IF_ERROR(s.mlp.Reserve(bf(rows * 2 * s.imp), "mlp"));
   RETURN_IF_ERROR(s.lse.Reserve(rows * s.hq * sizeof(float), "lse"));
-  RETURN_IF_ERROR(s.g_res.Reserve(bf(static_cast<size_t>(O) * h), "gathered residual"));
-  RETURN_IF_ERROR(s.g_y.Reserve(bf(static_cast<size_t>(O) * h), "gathered output"));
+  RETURN_IF_ERROR(s.g_res.Reserve(static_cast<size_t>(O) * h * sizeof(float), "gathered residual"));
   RETURN_IF_ERROR(s.lnin.Reserve(bf(static_cast<size_t>(O) * h), "final norm"));
   const size_t logits_bytes = static_cast<size_t>(O) * s.vocab * sizeof(float);
   RETURN_IF_ERROR(s.logits.Reserve(logits_bytes, "logits"));
@@ -814,36 +818,44 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   const int32_t* d_nkv = d_meta + off_nkv;
   const int32_t* d_blocks = d_meta + off_blocks;
 
-  Bf16* res = s.res.as<Bf16>();
+  float* res = s.res.as<float>();
   Bf16* normed = s.normed.as<Bf16>();
   Bf16* qkv = s.qkv_act.as<Bf16>();
   Bf16* attn = s.attn.as<Bf16>();
-  Bf16* y = s.y.as<Bf16>();
   Bf16* mlp = s.mlp.as<Bf16>();
   float* lse = s.lse.as<float>();
   const int64_t attn_w = static_cast<int64_t>(s.hq) * kd;
   const kernels::PagedKvCache cache = s.Cache();
 
+  // The residual stream stays fp32 (embedding rows widened; o_proj and down_proj accumulate
+  // into it); only GEMM inputs are rounded to bf16.
   {
-    kernels::GatherRowsParams gp;
+    kernels::GatherRowsF32Params gp;
     gp.rows = T;
     gp.dim = h;
-    gp.src = s.embed.as<Bf16>();
+    gp.src_bf16 = s.embed.as<Bf16>();
     gp.src_rows = s.vocab;
     gp.index = d_ids;
     gp.out = res;
-    RETURN_IF_ERROR(kernels::GatherRows(gp, sh));
+    RETURN_IF_ERROR(kernels::GatherRowsF32(gp, sh));
   }
-  auto rms_norm = [&](const Bf16* x, Bf16* residual, const DevBuf& weight, Bf16* o, int32_t nrows) {
-    kernels::RmsNormParams np;
+  auto rms_norm = [&](const float* x, const DevBuf& weight, Bf16* o, int32_t nrows) {
+    kernels::RmsNormF32Params np;
     np.rows = nrows;
     np.dim = h;
     np.eps = s.config.rms_norm_eps;
     np.x = x;
     np.weight = weight.as<Bf16>();
-    np.residual = residual;
     np.out = o;
-    return kernels::RmsNorm(np, sh);
+    return kernels::RmsNormF32(np, sh);
+  };
+  auto add_bias = [&](const DevBuf& bias) {
+    kernels::AddBiasF32Params bp;
+    bp.rows = T;
+    bp.dim = h;
+    bp.x = res;
+    bp.bias = bias.as<Bf16>();
+    return kernels::AddBiasF32(bp, sh);
   };
   auto tables = [&](int32_t l, int32_t first, int32_t count, int32_t max_kvs) {
     kernels::HeadTables t;
@@ -858,11 +870,7 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
 
   for (int32_t l = 0; l < L; ++l) {
     const State::Layer& lw = s.layers[l];
-    if (l == 0) {
-      RETURN_IF_ERROR(rms_norm(res, nullptr, lw.input_norm, normed, T));
-    } else {
-      RETURN_IF_ERROR(rms_norm(y, res, lw.input_norm, normed, T));
-    }
+    RETURN_IF_ERROR(rms_norm(res, lw.input_norm, normed, T));
     RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.qkv, lw.has_qkv_bias ? &lw.qkv_bias : nullptr, s.qkv_w,
                            qkv, s.qkv_w, T, false));
     {
@@ -945,9 +953,9 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
     if (nD0 > 0) RETURN_IF_ERROR(decode(nP, nD0, max_d0[l], plan_d0[l], false));
     if (nD1 > 0) RETURN_IF_ERROR(decode(nP + nD0, nD1, max_d1[l], plan_d1[l], true));
 
-    RETURN_IF_ERROR(s.Gemm(attn, attn_w, attn_w, lw.o, lw.has_o_bias ? &lw.o_bias : nullptr, h, y,
-                           h, T, false));
-    RETURN_IF_ERROR(rms_norm(y, res, lw.post_norm, normed, T));
+    RETURN_IF_ERROR(s.Gemm(attn, attn_w, attn_w, lw.o, nullptr, h, res, h, T, true, true));
+    if (lw.has_o_bias) RETURN_IF_ERROR(add_bias(lw.o_bias));
+    RETURN_IF_ERROR(rms_norm(res, lw.post_norm, normed, T));
     RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.gate_up, lw.has_mlp_bias ? &lw.gate_up_bias : nullptr,
                            2 * s.imp, mlp, 2 * s.imp, T, false));
     {
@@ -962,24 +970,22 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
       sp.out_stride = 2 * s.imp;
       RETURN_IF_ERROR(kernels::SwiGlu(sp, sh));
     }
-    RETURN_IF_ERROR(s.Gemm(mlp, 2 * s.imp, s.imp, lw.down,
-                           lw.has_mlp_bias ? &lw.down_bias : nullptr, h, y, h, T, false));
+    RETURN_IF_ERROR(s.Gemm(mlp, 2 * s.imp, s.imp, lw.down, nullptr, h, res, h, T, true, true));
+    if (lw.has_mlp_bias) RETURN_IF_ERROR(add_bias(lw.down_bias));
   }
 
-  // Final residual add + norm on the rows that return logits, then the LM head (fp32 out).
-  for (auto [src, dst] : {std::pair<Bf16*, Bf16*>{y, s.g_y.as<Bf16>()},
-                          std::pair<Bf16*, Bf16*>{res, s.g_res.as<Bf16>()}}) {
-    kernels::GatherRowsParams gp;
+  // Final norm on the rows that return logits, then the LM head (fp32 out).
+  {
+    kernels::GatherRowsF32Params gp;
     gp.rows = O;
     gp.dim = h;
-    gp.src = src;
+    gp.src_f32 = res;
     gp.src_rows = T;
     gp.index = d_out;
-    gp.out = dst;
-    RETURN_IF_ERROR(kernels::GatherRows(gp, sh));
+    gp.out = s.g_res.as<float>();
+    RETURN_IF_ERROR(kernels::GatherRowsF32(gp, sh));
   }
-  RETURN_IF_ERROR(
-      rms_norm(s.g_y.as<Bf16>(), s.g_res.as<Bf16>(), s.final_norm, s.lnin.as<Bf16>(), O));
+  RETURN_IF_ERROR(rms_norm(s.g_res.as<float>(), s.final_norm, s.lnin.as<Bf16>(), O));
   const DevBuf& head = s.config.tie_word_embeddings ? s.embed : s.lm_head;
   RETURN_IF_ERROR(s.Gemm(s.lnin.as<Bf16>(), h, h, head, nullptr, s.vocab, s.logits.as<float>(),
                          s.vocab, O, true));

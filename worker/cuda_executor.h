@@ -3,9 +3,16 @@
 // Forward() runs a Llama-family model (Llama, Mistral, Qwen2; tied or untied LM head; q/k/v,
 // o and MLP biases; llama3 RoPE) over a batch that may mix prefill (or prefill chunks) and
 // decode sequences, with the same semantics as CpuExecutor (the reference): GEMMs through
-// cuBLASLt (bf16 in, fp32 accumulate, biases in the epilogue), the kvc CUDA kernels for RMSNorm
-// (+ fused residual), RoPE, SwiGLU, KV append, prefill attention (+ KV-Compress window scores)
-// and paged decode attention (+ decode scores). Logits come back to the host as fp32.
+// cuBLASLt (bf16 in, fp32 accumulate; q/k/v and gate/up biases in the epilogue), the kvc CUDA
+// kernels for RoPE, SwiGLU, KV append, prefill attention (+ KV-Compress window scores) and paged
+// decode attention (+ decode scores), and the executor's own helpers (executor_ops.h: embedding
+// gather, RMSNorm of the residual stream, bias add, KV moves). Logits come back to the host as
+// fp32.
+//
+// Precision: weights, GEMM inputs, q/k/v, the KV cache and attention outputs are bf16; the
+// residual stream is fp32 (o_proj and down_proj accumulate into it through cuBLASLt's C = D,
+// beta = 1) and RMSNorm reads it in fp32. Against fp32 references this is several times more
+// accurate than HF's all-bf16 forward (whose residual is rounded to bf16 after every block).
 //
 // Internally the batch is reordered into three contiguous groups (the output keeps batch order):
 //   P   sequences with more than one token, or one token with pooled scores: prefill attention,

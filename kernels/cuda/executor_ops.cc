@@ -23,22 +23,50 @@ cudaStream_t Stream(StreamHandle s) { return reinterpret_cast<cudaStream_t>(s); 
 
 }  // namespace
 
-absl::Status GatherRows(const GatherRowsParams& p, StreamHandle stream) {
-  if (p.rows < 0 || p.rows > 2147483647 || p.dim <= 0 || p.dim % 8 != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("GatherRows: rows ", p.rows, " / dim ", p.dim,
-                                                   " (dim must be a positive multiple of 8)"));
+absl::Status GatherRowsF32(const GatherRowsF32Params& p, StreamHandle stream) {
+  if (p.rows < 0 || p.dim <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("GatherRowsF32: rows ", p.rows, " / dim ", p.dim, " out of range"));
   }
   if (p.rows == 0) return absl::OkStatus();
-  if (p.src == nullptr || p.out == nullptr || p.index == nullptr) {
-    return absl::InvalidArgumentError("GatherRows: src/out/index is null");
+  if ((p.src_bf16 == nullptr) == (p.src_f32 == nullptr)) {
+    return absl::InvalidArgumentError("GatherRowsF32: set exactly one of src_bf16 / src_f32");
   }
-  if (!Aligned16(p.src) || !Aligned16(p.out) || p.src_stride % 8 != 0 || p.out_stride % 8 != 0 ||
-      p.src_stride < 0 || p.out_stride < 0) {
+  if (p.out == nullptr || p.index == nullptr) {
+    return absl::InvalidArgumentError("GatherRowsF32: out/index is null");
+  }
+  if (p.src_stride < 0 || p.out_stride < 0 || p.src_rows < 0) {
+    return absl::InvalidArgumentError("GatherRowsF32: negative stride or src_rows");
+  }
+  return FromCuda(internal::LaunchGatherRowsF32(p, Stream(stream)), "GatherRowsF32");
+}
+
+absl::Status RmsNormF32(const RmsNormF32Params& p, StreamHandle stream) {
+  if (p.rows < 0 || p.dim <= 0) {
     return absl::InvalidArgumentError(
-        "GatherRows: src/out must be 16-byte aligned with strides that are multiples of 8");
+        absl::StrCat("RmsNormF32: rows ", p.rows, " / dim ", p.dim, " out of range"));
   }
-  if (p.src_rows < 0) return absl::InvalidArgumentError("GatherRows: src_rows < 0");
-  return FromCuda(internal::LaunchGatherRows(p, Stream(stream)), "GatherRows");
+  if (p.rows == 0) return absl::OkStatus();
+  if (p.x == nullptr || p.weight == nullptr || p.out == nullptr) {
+    return absl::InvalidArgumentError("RmsNormF32: x/weight/out is null");
+  }
+  if (p.x_stride < 0 || p.out_stride < 0) {
+    return absl::InvalidArgumentError("RmsNormF32: negative stride");
+  }
+  return FromCuda(internal::LaunchRmsNormF32(p, Stream(stream)), "RmsNormF32");
+}
+
+absl::Status AddBiasF32(const AddBiasF32Params& p, StreamHandle stream) {
+  if (p.rows < 0 || p.dim < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("AddBiasF32: rows ", p.rows, " / dim ", p.dim, " out of range"));
+  }
+  if (p.rows == 0 || p.dim == 0) return absl::OkStatus();
+  if (p.x == nullptr || p.bias == nullptr) {
+    return absl::InvalidArgumentError("AddBiasF32: x/bias is null");
+  }
+  if (p.x_stride < 0) return absl::InvalidArgumentError("AddBiasF32: negative stride");
+  return FromCuda(internal::LaunchAddBiasF32(p, Stream(stream)), "AddBiasF32");
 }
 
 absl::Status MoveKvSlots(const KvMoveParams& p, StreamHandle stream) {

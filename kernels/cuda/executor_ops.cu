@@ -1,9 +1,14 @@
-// Executor helper kernels (see executor_ops_params.h): row gather and KV slot moves.
-//   GatherRowsKernel  grid (rows), 128 threads: 16-byte chunks of one output row.
+// Executor helper kernels (see executor_ops_params.h): row gathers, fp32-residual RMSNorm and
+// bias add, KV slot moves.
+//   GatherRowsF32Kernel grid (rows), 128 threads: one element per thread-iteration.
+//   RmsNormF32Kernel  grid (rows), 256 threads: block-reduced sum of squares, then the row.
+//   AddBiasF32Kernel  grid-stride over rows * dim.
 //   MoveKvSlotsKernel grid (num_moves), 64 threads: 16-byte chunks of the K and V rows of one
 //                     move; thread 0 also copies score and position.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "kernels/cuda/executor_ops_launch.h"
@@ -11,16 +16,55 @@
 namespace kvc::kernels::internal {
 namespace {
 
-__global__ void __launch_bounds__(128) GatherRowsKernel(const __grid_constant__ GatherRowsParams p,
-                                                        int64_t src_stride, int64_t out_stride) {
+__device__ __forceinline__ float ToF(const Bf16& b) {
+  return __bfloat162float(*reinterpret_cast<const __nv_bfloat16*>(&b));
+}
+
+__global__ void __launch_bounds__(128)
+    GatherRowsF32Kernel(const __grid_constant__ GatherRowsF32Params p, int64_t src_stride,
+                        int64_t out_stride) {
   const int r = blockIdx.x;
   const int32_t idx = p.index[r];
   const bool valid = idx >= 0 && idx < p.src_rows;
-  const uint4* src = reinterpret_cast<const uint4*>(p.src + (valid ? idx * src_stride : 0));
-  uint4* out = reinterpret_cast<uint4*>(p.out + static_cast<int64_t>(r) * out_stride);
-  const int chunks = p.dim / 8;
-  for (int c = threadIdx.x; c < chunks; c += blockDim.x) {
-    out[c] = valid ? __ldg(src + c) : make_uint4(0, 0, 0, 0);
+  float* out = p.out + static_cast<int64_t>(r) * out_stride;
+  const int64_t base = valid ? idx * src_stride : 0;
+  for (int i = threadIdx.x; i < p.dim; i += blockDim.x) {
+    float v = 0.0f;
+    if (valid) v = p.src_bf16 != nullptr ? ToF(p.src_bf16[base + i]) : p.src_f32[base + i];
+    out[i] = v;
+  }
+}
+
+__global__ void __launch_bounds__(256) RmsNormF32Kernel(const __grid_constant__ RmsNormF32Params p,
+                                                        int64_t x_stride, int64_t out_stride) {
+  const int r = blockIdx.x;
+  const float* x = p.x + static_cast<int64_t>(r) * x_stride;
+  float ss = 0.0f;
+  for (int i = threadIdx.x; i < p.dim; i += blockDim.x) ss += x[i] * x[i];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
+  __shared__ float part[8];
+  const int warp = threadIdx.x >> 5;
+  if ((threadIdx.x & 31) == 0) part[warp] = ss;
+  __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int w = 0; w < 8; ++w) total += part[w];
+  const float inv = rsqrtf(total / static_cast<float>(p.dim) + p.eps);
+  __nv_bfloat16* out =
+      reinterpret_cast<__nv_bfloat16*>(p.out) + static_cast<int64_t>(r) * out_stride;
+  for (int i = threadIdx.x; i < p.dim; i += blockDim.x) {
+    out[i] = __float2bfloat16_rn(x[i] * inv * ToF(p.weight[i]));
+  }
+}
+
+__global__ void AddBiasF32Kernel(const __grid_constant__ AddBiasF32Params p, int64_t x_stride) {
+  const int64_t total = static_cast<int64_t>(p.rows) * p.dim;
+  for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t r = idx / p.dim;
+    const int i = static_cast<int>(idx - r * p.dim);
+    p.x[r * x_stride + i] += ToF(p.bias[i]);
   }
 }
 
@@ -47,11 +91,28 @@ __global__ void __launch_bounds__(64) MoveKvSlotsKernel(const __grid_constant__ 
 
 }  // namespace
 
-cudaError_t LaunchGatherRows(const GatherRowsParams& p, cudaStream_t stream) {
+cudaError_t LaunchGatherRowsF32(const GatherRowsF32Params& p, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
   const int64_t ss = p.src_stride ? p.src_stride : p.dim;
   const int64_t os = p.out_stride ? p.out_stride : p.dim;
-  GatherRowsKernel<<<p.rows, 128, 0, stream>>>(p, ss, os);
+  GatherRowsF32Kernel<<<p.rows, 128, 0, stream>>>(p, ss, os);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchRmsNormF32(const RmsNormF32Params& p, cudaStream_t stream) {
+  if (p.rows == 0) return cudaSuccess;
+  const int64_t xs = p.x_stride ? p.x_stride : p.dim;
+  const int64_t os = p.out_stride ? p.out_stride : p.dim;
+  RmsNormF32Kernel<<<p.rows, 256, 0, stream>>>(p, xs, os);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchAddBiasF32(const AddBiasF32Params& p, cudaStream_t stream) {
+  if (p.rows == 0 || p.dim == 0) return cudaSuccess;
+  const int64_t xs = p.x_stride ? p.x_stride : p.dim;
+  const int64_t total = static_cast<int64_t>(p.rows) * p.dim;
+  const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, 4096));
+  AddBiasF32Kernel<<<blocks, 256, 0, stream>>>(p, xs);
   return cudaGetLastError();
 }
 

@@ -9,7 +9,9 @@
 
 namespace kvc::kernels::internal {
 
-cudaError_t LaunchGatherRows(const GatherRowsParams& p, cudaStream_t stream);
+cudaError_t LaunchGatherRowsF32(const GatherRowsF32Params& p, cudaStream_t stream);
+cudaError_t LaunchRmsNormF32(const RmsNormF32Params& p, cudaStream_t stream);
+cudaError_t LaunchAddBiasF32(const AddBiasF32Params& p, cudaStream_t stream);
 cudaError_t LaunchMoveKvSlots(const KvMoveParams& p, cudaStream_t stream);
 
 }  // namespace kvc::kernels::internal

@@ -14,7 +14,8 @@
 //     margin at that step.
 //   * KV-Compress scores after a prefill (window 32, pool 7) and after decode steps (decode
 //     scores) equal the CPU executor's (normwise relative error per (sequence, layer, head)
-//     <= kScoreTol = 1e-2), and eviction plans from both readers select the same KVs at every
+//     <= kScoreTol = 1e-2 in layer 0, <= kDeepScoreTol = 5e-2 in deeper layers; see below), and
+//     eviction plans from both readers select the same KVs at every
 //     budget whose CPU plan is stable under random ±5% perturbations of the scores.
 //   * bad input returns a Status.
 #include "worker/cuda_executor.h"
@@ -52,7 +53,14 @@ using testing_util::Argmax;
 using testing_util::TestBlockAllocator;
 
 constexpr double kLogitTol = 2e-2;
+// Scores: normwise relative error per (sequence, layer, head). Layer 0's q and k come from the
+// (bf16-exact) embeddings through one RMSNorm and one GEMM on both backends, so its scores test
+// the score kernels themselves: <= kScoreTol. Deeper layers' q/k inherit the activation
+// differences of bf16 vs fp32 execution compounded over the layers (the same differences the
+// 2e-2 logits tolerance allows), and squaring probabilities doubles their relative error:
+// <= kDeepScoreTol.
 constexpr double kScoreTol = 1e-2;
+constexpr double kDeepScoreTol = 5e-2;
 
 double RelError(const float* ours, const float* ref, int32_t n) {
   double max_ref = 0, max_diff = 0;
@@ -837,7 +845,8 @@ TEST(CudaScoresTest, ScoresAndEvictionPlansMatchTheCpuExecutor) {
         ASSERT_GT(den, 0) << phase << " seq " << s.id << " head " << hi << " has no scores";
         const double e = std::sqrt(num / den);
         per_layer[hi / layout.num_kv_heads] = std::max(per_layer[hi / layout.num_kv_heads], e);
-        EXPECT_LE(e, kScoreTol) << phase << " seq " << s.id << " head " << hi;
+        EXPECT_LE(e, hi < layout.num_kv_heads ? kScoreTol : kDeepScoreTol)
+            << phase << " seq " << s.id << " head " << hi;
         (void)mx;
         worst_slot = std::max(worst_slot, e);
       }

@@ -13,18 +13,42 @@
 
 namespace kvc::kernels {
 
-// out[i, :dim] = src[index[i], :dim] for i < rows (embedding lookup, picking the rows that
-// return logits). An index outside [0, src_rows) gives a row of zeros (never an out-of-bounds
-// read).
-struct GatherRowsParams {
+// out[i, :dim] = float(src[index[i], :dim]) into an fp32 buffer; src is bf16 (src_bf16, e.g. the
+// embedding table) or fp32 (src_f32, e.g. the residual stream): exactly one is set. An index
+// outside [0, src_rows) gives a row of zeros.
+struct GatherRowsF32Params {
   int32_t rows = 0;
-  int32_t dim = 0;  // multiple of 8
-  const Bf16* src = nullptr;
+  int32_t dim = 0;
+  const Bf16* src_bf16 = nullptr;
+  const float* src_f32 = nullptr;
   int64_t src_stride = 0;  // 0 = dim
   int64_t src_rows = 0;
   const int32_t* index = nullptr;  // [rows]
+  float* out = nullptr;
+  int64_t out_stride = 0;  // 0 = dim
+};
+
+// RMSNorm of an fp32 residual stream into a bf16 GEMM input:
+//   out[r] = bf16(x[r] / sqrt(mean(x[r]^2) + eps) * weight)   (fp32 math, one rounding)
+struct RmsNormF32Params {
+  int32_t rows = 0;
+  int32_t dim = 0;
+  float eps = 1e-6f;
+  const float* x = nullptr;
+  int64_t x_stride = 0;          // 0 = dim
+  const Bf16* weight = nullptr;  // [dim]
   Bf16* out = nullptr;
   int64_t out_stride = 0;  // 0 = dim
+};
+
+// x[r, i] += float(bias[i]) for an fp32 buffer (biases of GEMMs that accumulate into the fp32
+// residual stream).
+struct AddBiasF32Params {
+  int32_t rows = 0;
+  int32_t dim = 0;
+  float* x = nullptr;
+  int64_t x_stride = 0;        // 0 = dim
+  const Bf16* bias = nullptr;  // [dim]
 };
 
 // Compaction: for each move m < num_moves, copies K, V, score and position of slot
