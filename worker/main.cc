@@ -18,6 +18,9 @@
 #include "kvmanager/kvmanager_service.h"
 #include "model/weights.h"
 #include "worker/cpu_executor.h"
+#if defined(KVC_HAS_CUDA_EXECUTOR)
+#include "worker/cuda_executor.h"
+#endif
 #include "worker/engine.h"
 #include "worker/tp_cpu_executor.h"
 #include "worker/worker_service.h"
@@ -90,14 +93,17 @@ absl::Status Run() {
   if (backend != "auto" && backend != "cpu" && backend != "cuda") {
     return absl::InvalidArgumentError("--backend must be auto, cpu or cuda, got " + backend);
   }
+#if defined(KVC_HAS_CUDA_EXECUTOR)
+  const bool want_cuda =
+      backend == "cuda" || (backend == "auto" && kernels::CudaDeviceCount() > 0);
+#else
   if (backend == "cuda") {
     return absl::UnimplementedError(
-        "--backend=cuda: the CUDA executor is not part of this build yet; use --backend=cpu");
+        "--backend=cuda: this kvc-worker was built without CUDA (KVC_ENABLE_CUDA=OFF); use "
+        "--backend=cpu");
   }
-  if (backend == "auto" && kernels::CudaDeviceCount() > 0) {
-    KVC_LOG(WARNING) << "a CUDA device is present but the CUDA executor is not built yet; "
-                        "serving on the CPU backend";
-  }
+  const bool want_cuda = false;
+#endif
 
   const int32_t block_size = absl::GetFlag(FLAGS_block_size);
   if (block_size < 1 || block_size > 256) {
@@ -109,19 +115,53 @@ absl::Status Run() {
     return absl::InvalidArgumentError(
         absl::StrCat("--tensor_parallel must be >= 1, got ", tensor_parallel));
   }
-  int64_t num_blocks = absl::GetFlag(FLAGS_num_blocks);
-  if (num_blocks <= 0) {
-    // K + V fp32, plus score (fp32) and position (int32) per KV; one pool per rank.
-    const int64_t bytes_per_block =
-        TensorParallelCpuExecutor::KvBytesPerBlock(cfg, block_size, tensor_parallel);
-    num_blocks = absl::GetFlag(FLAGS_kv_cache_memory) / bytes_per_block;
+  if (want_cuda && tensor_parallel > 1) {
+    if (backend == "cuda") {
+      return absl::UnimplementedError(
+          "--backend=cuda serves --tensor_parallel 1 only (multi-GPU is not built yet)");
+    }
+    KVC_LOG(WARNING) << "--tensor_parallel " << tensor_parallel
+                     << " runs on the CPU backend (the CUDA executor is single-GPU)";
   }
+  const bool use_cuda = want_cuda && tensor_parallel == 1;
+  // Blocks in the pool: --num_blocks, or --kv_cache_memory over the backend's bytes per block
+  // (CPU: K + V fp32, score fp32, position int32, one pool per rank; CUDA: bf16 K + V rows of
+  // the kernels' head dim 64 or 128, score, position).
+  auto pool_blocks = [&](bool cuda) -> int64_t {
+    const int64_t n = absl::GetFlag(FLAGS_num_blocks);
+    if (n > 0) return n;
+    int64_t bytes_per_block =
+        TensorParallelCpuExecutor::KvBytesPerBlock(cfg, block_size, tensor_parallel);
+#if defined(KVC_HAS_CUDA_EXECUTOR)
+    if (cuda) bytes_per_block = CudaExecutor::BytesPerBlock(cfg, block_size);
+#endif
+    return absl::GetFlag(FLAGS_kv_cache_memory) / bytes_per_block;
+  };
+  int64_t num_blocks = pool_blocks(use_cuda);
   if (num_blocks < 1) return absl::InvalidArgumentError("the KV pool would have no blocks");
 
   std::unique_ptr<Executor> executor;
-  if (tensor_parallel == 1) {
+#if defined(KVC_HAS_CUDA_EXECUTOR)
+  if (use_cuda) {
+    auto cuda = CudaExecutor::Create(weights, num_blocks, block_size);
+    if (cuda.ok()) {
+      executor = std::move(*cuda);
+    } else if (backend == "cuda") {
+      return Annotate(cuda.status(), "--backend=cuda");
+    } else {
+      KVC_LOG(WARNING) << "a CUDA device is present but the CUDA executor cannot serve this "
+                          "model ("
+                       << cuda.status() << "); serving on the CPU backend";
+      num_blocks = pool_blocks(false);
+      if (num_blocks < 1) return absl::InvalidArgumentError("the KV pool would have no blocks");
+    }
+  }
+#else
+  (void)use_cuda;
+#endif
+  if (executor == nullptr && tensor_parallel == 1) {
     ASSIGN_OR_RETURN(executor, CpuExecutor::Create(weights, num_blocks, block_size));
-  } else {
+  } else if (executor == nullptr) {
     // INVALID_ARGUMENT naming num_key_value_heads when tensor_parallel does not divide it.
     ASSIGN_OR_RETURN(executor, TensorParallelCpuExecutor::Create(weights, num_blocks, block_size,
                                                                  tensor_parallel));
