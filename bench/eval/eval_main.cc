@@ -9,7 +9,7 @@
 //
 //   kvc-eval [--model models/kvc-ref] [--haystack bench/eval/data/heldout.txt]
 //            [--tasks passkey,niah_single,niah_multikey,kv,vartrack] [--lengths 2048]
-//            [--cases 24] [--case-offset 0]
+//            [--cases 100] [--case-offset 0]
 //            [--policies kvcompress,snapkv,pyramidkv,streaming,random] [--rates 1,2,4,8,16,32,64]
 //            [--protected-window 32] [--observation-window 32] [--sink-tokens 0]
 //            [--pool-kernel 7] [--no-continual] [--no-decode-scores]
@@ -51,7 +51,7 @@ struct Options {
   std::string haystack = "bench/eval/data/heldout.txt";
   std::vector<TaskKind> tasks = AllTasks();
   std::vector<int32_t> lengths = {2048};
-  int32_t cases = 24;
+  int32_t cases = 100;
   int32_t case_offset = 0;
   std::vector<CompressionPolicyKind> policies = {
       CompressionPolicyKind::kKvCompress, CompressionPolicyKind::kSnapKv,
@@ -519,15 +519,24 @@ int Main(int argc, char** argv) {
         return 1;
       }
       std::vector<double> score(variants.size(), 0.0), kept(variants.size(), 0.0);
+      nlohmann::json predictions = nlohmann::json::array();
       for (size_t i = 0; i < samples->size(); ++i) {
         const LongBenchSample& s = (*samples)[i];
+        nlohmann::json pj;
+        pj["_id"] = s.id;
+        pj["answers"] = s.answers;
+        pj["prompt_tokens"] = jobs[i].prompt.size();
         for (size_t v = 0; v < variants.size(); ++v) {
           const GenerationResult& g = (*res)[i][v];
           const std::string pred = (*tok)->Decode(g.tokens, true);
-          score[v] += ScoreLongBenchSample(s.dataset, pred, s.answers, s.all_classes);
+          const double sc = ScoreLongBenchSample(s.dataset, pred, s.answers, s.all_classes);
+          score[v] += sc;
           kept[v] +=
               g.kvs_uncompressed ? static_cast<double>(g.kvs_held) / g.kvs_uncompressed : 1.0;
+          pj["pred"][VariantName(variants[v])] = pred;
+          pj["score"][VariantName(variants[v])] = sc;
         }
+        predictions.push_back(pj);
       }
       nlohmann::json d;
       d["file"] = path;
@@ -552,6 +561,7 @@ int Main(int argc, char** argv) {
                variants[v].full() ? 1.0 : variants[v].rate}] = score[v] / samples->size();
       }
       d["variants"] = vs;
+      if (o.dump_cases) d["predictions"] = predictions;
       auto value = [&](CompressionPolicyKind p, double rate) {
         auto it = table.find({rate <= 1 ? -1 : static_cast<int>(p), rate});
         return it == table.end() ? std::nan("") : it->second;
