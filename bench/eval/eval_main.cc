@@ -17,7 +17,8 @@
 //            [--ppl-windows 0] [--ppl-prefix 512] [--ppl-tokens 256]
 //            [--longbench F1.jsonl,F2.jsonl] [--template STR] [--chat-template STR]
 //            [--max-prompt-tokens N] [--max-new-tokens N]
-//            [--dump-cases] [--no-plots] [--out DIR]
+//            [--dump-cases] [--no-plots] [--no-retrieval] [--out DIR]
+//   kvc-eval --merge A/results.json,B/results.json --out DIR   (runs made with --dump-cases)
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -26,6 +27,7 @@
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -70,6 +72,7 @@ struct Options {
   int32_t max_prompt_tokens = 0;
   int32_t max_new_tokens = 0;
   bool dump_cases = false;
+  std::vector<std::string> merge;
   bool plots = true;
   bool retrieval = true;
   std::string out = "eval-out";
@@ -192,6 +195,8 @@ Options Parse(int argc, char** argv) {
       o.max_new_tokens = int_arg(1);
     } else if (a == "--no-retrieval") {
       o.retrieval = false;
+    } else if (a == "--merge") {
+      o.merge = list();
     } else if (a == "--dump-cases") {
       o.dump_cases = true;
     } else if (a == "--no-plots") {
@@ -272,6 +277,131 @@ void PrintTable(const std::string& title, const std::vector<CompressionPolicyKin
   std::cout << "\n";
 }
 
+// Aggregates, prints and plots retrieval outcomes into report["retrieval"]. False on error.
+bool ReportRetrieval(const Options& o, const std::vector<Variant>& variants,
+                     const std::vector<CaseOutcome>& outcomes, nlohmann::json* report) {
+  const auto rows = AggregateScores(variants, outcomes);
+  const auto means = MeanOverTasks(rows);
+  std::vector<int32_t> lengths;
+  std::vector<TaskKind> tasks;
+  for (const CaseOutcome& c : outcomes) {
+    if (std::find(lengths.begin(), lengths.end(), c.length) == lengths.end()) {
+      lengths.push_back(c.length);
+    }
+    if (std::find(tasks.begin(), tasks.end(), c.task) == tasks.end()) tasks.push_back(c.task);
+  }
+  std::sort(tasks.begin(), tasks.end());
+  std::map<std::pair<TaskKind, int32_t>, int64_t> counts;
+  for (const CaseOutcome& c : outcomes) counts[{c.task, c.length}]++;
+  nlohmann::json r;
+  nlohmann::json tasks_json = nlohmann::json::array();
+  for (TaskKind t : tasks) tasks_json.push_back(std::string(TaskName(t)));
+  r["tasks"] = tasks_json;
+  r["lengths"] = lengths;
+  r["cases_per_task"] = counts.empty() ? 0 : counts.begin()->second;
+  r["case_offset"] = o.case_offset;
+  r["scores"] = ScoreRowsJson(rows);
+  r["mean_over_tasks"] = MeanRowsJson(means);
+  if (o.dump_cases) r["cases"] = CasesJson(variants, outcomes);
+  (*report)["retrieval"] = r;
+  for (int32_t len : lengths) {
+    auto lookup = [&](const auto& set, auto&& pred) {
+      return [&, pred](CompressionPolicyKind p, double rate) {
+        for (const auto& x : set) {
+          if (!pred(x)) continue;
+          if (rate <= 1 ? x.variant.full()
+                        : (!x.variant.full() && x.variant.policy == p && x.variant.rate == rate)) {
+            return x.accuracy;
+          }
+        }
+        return std::nan("");
+      };
+    };
+    for (TaskKind t : tasks) {
+      PrintTable(absl::StrFormat("accuracy %%, %s @ %d tokens (%d cases)", TaskName(t), len,
+                                 counts[{t, len}]),
+                 o.policies, o.rates, lookup(rows, [&, t](const ScoreRow& x) {
+                   return x.length == len && x.task == TaskName(t);
+                 }));
+    }
+    PrintTable(absl::StrFormat("accuracy %%, mean over %d tasks @ %d tokens", tasks.size(), len),
+               o.policies, o.rates,
+               lookup(means, [&](const MeanRow& x) { return x.length == len; }));
+  }
+  if (o.plots) {
+    auto files = WriteScorePlots(
+        o.out, rows, means, o.policies, o.rates,
+        absl::StrFormat(" (%d cases/task)", static_cast<int64_t>(r["cases_per_task"])));
+    if (!files.ok()) {
+      std::cerr << "kvc-eval: plots: " << files.status() << "\n";
+      return false;
+    }
+    (*report)["retrieval"]["plots"] = *files;
+  }
+  return true;
+}
+
+// kvc-eval --merge: re-aggregates the per-case records of several results.json files (runs split
+// by --case-offset, e.g. to fit a per-command time limit) into one report.
+int Merge(Options o) {
+  nlohmann::json report;
+  std::vector<CaseOutcome> outcomes;
+  std::vector<Variant> variants;
+  std::set<std::tuple<int, int32_t, int32_t>> seen;
+  nlohmann::json sources = nlohmann::json::array();
+  for (size_t f = 0; f < o.merge.size(); ++f) {
+    std::ifstream in(o.merge[f]);
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (!in || j.is_discarded() || !j.is_object()) {
+      std::cerr << "kvc-eval: --merge: cannot read JSON from " << o.merge[f] << "\n";
+      return 1;
+    }
+    if (!j.contains("retrieval") || !j["retrieval"].contains("cases")) {
+      std::cerr << "kvc-eval: --merge: " << o.merge[f]
+                << " has no retrieval.cases (run kvc-eval with --dump-cases)\n";
+      return 1;
+    }
+    if (f == 0) {
+      report = j;
+      report.erase("retrieval");
+      o.policies.clear();
+      for (const auto& p : j["policies"]) {
+        auto k = ParseCompressionPolicy(p.get<std::string>());
+        if (!k.ok()) {
+          std::cerr << "kvc-eval: --merge: " << k.status() << "\n";
+          return 1;
+        }
+        o.policies.push_back(*k);
+      }
+      o.rates = j["rates"].get<std::vector<double>>();
+      variants = MakeVariants(o);
+    }
+    auto cases = CasesFromJson(j["retrieval"]["cases"], variants);
+    if (!cases.ok()) {
+      std::cerr << "kvc-eval: --merge: " << o.merge[f] << ": " << cases.status() << "\n";
+      return 1;
+    }
+    for (CaseOutcome& c : *cases) {
+      if (seen.insert({static_cast<int>(c.task), c.length, c.index}).second) {
+        outcomes.push_back(std::move(c));
+      }
+    }
+    sources.push_back(o.merge[f]);
+  }
+  report["merged_from"] = sources;
+  o.dump_cases = true;
+  if (!ReportRetrieval(o, variants, outcomes, &report)) return 1;
+  const std::string path = o.out + "/results.json";
+  std::ofstream out(path);
+  out << report.dump(1) << "\n";
+  if (!out) {
+    std::cerr << "kvc-eval: cannot write " << path << "\n";
+    return 1;
+  }
+  std::cout << "wrote " << path << " (" << outcomes.size() << " cases)\n";
+  return 0;
+}
+
 int Main(int argc, char** argv) {
   Options o = Parse(argc, argv);
   if (o.threads > 0) setenv("KVC_CPU_THREADS", std::to_string(o.threads).c_str(), 1);
@@ -280,6 +410,7 @@ int Main(int argc, char** argv) {
   std::error_code ec;
   std::filesystem::create_directories(o.out, ec);
   if (ec) Usage(absl::StrCat("--out: cannot create ", o.out, ": ", ec.message()));
+  if (!o.merge.empty()) return Merge(o);
   auto weights = LoadModel(o.model);
   if (!weights.ok()) {
     std::cerr << "kvc-eval: " << weights.status() << "\n";
@@ -401,54 +532,7 @@ int Main(int argc, char** argv) {
           cases.size(), variants.size(), secs, secs / cases.size());
     }
     timing["retrieval"] = per_length;
-    const auto rows = AggregateScores(variants, outcomes);
-    const auto means = MeanOverTasks(rows);
-    nlohmann::json r;
-    nlohmann::json tasks_json = nlohmann::json::array();
-    for (TaskKind t : o.tasks) tasks_json.push_back(std::string(TaskName(t)));
-    r["tasks"] = tasks_json;
-    r["lengths"] = o.lengths;
-    r["cases_per_task"] = o.cases;
-    r["case_offset"] = o.case_offset;
-    r["scores"] = ScoreRowsJson(rows);
-    r["mean_over_tasks"] = MeanRowsJson(means);
-    if (o.dump_cases) r["cases"] = CasesJson(variants, outcomes);
-    report["retrieval"] = r;
-    // Tables.
-    for (int32_t len : o.lengths) {
-      auto lookup = [&](const auto& set, auto&& pred) {
-        return [&, pred](CompressionPolicyKind p, double rate) {
-          for (const auto& x : set) {
-            if (!pred(x)) continue;
-            if (rate <= 1
-                    ? x.variant.full()
-                    : (!x.variant.full() && x.variant.policy == p && x.variant.rate == rate)) {
-              return x.accuracy;
-            }
-          }
-          return std::nan("");
-        };
-      };
-      for (TaskKind t : o.tasks) {
-        PrintTable(
-            absl::StrFormat("accuracy %%, %s @ %d tokens (%d cases)", TaskName(t), len, o.cases),
-            o.policies, o.rates, lookup(rows, [&, t](const ScoreRow& x) {
-              return x.length == len && x.task == TaskName(t);
-            }));
-      }
-      PrintTable(
-          absl::StrFormat("accuracy %%, mean over %d tasks @ %d tokens", o.tasks.size(), len),
-          o.policies, o.rates, lookup(means, [&](const MeanRow& x) { return x.length == len; }));
-    }
-    if (o.plots) {
-      auto files = WriteScorePlots(o.out, rows, means, o.policies, o.rates,
-                                   absl::StrFormat(" (%d cases/task)", o.cases));
-      if (!files.ok()) {
-        std::cerr << "kvc-eval: plots: " << files.status() << "\n";
-        return 1;
-      }
-      report["retrieval"]["plots"] = *files;
-    }
+    if (!ReportRetrieval(o, variants, outcomes, &report)) return 1;
   }
 
   // ---- LongBench ----

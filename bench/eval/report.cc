@@ -165,12 +165,55 @@ nlohmann::json CasesJson(const std::vector<Variant>& variants,
     j["target_depth"] = o.target_depth >= 0 ? nlohmann::json(o.target_depth) : nlohmann::json();
     j["needles"] = o.num_needles;
     j["answer"] = o.answer;
-    nlohmann::json outs = nlohmann::json::object();
+    nlohmann::json outs = nlohmann::json::object(), kept = nlohmann::json::object();
     for (size_t v = 0; v < variants.size() && v < o.outputs.size(); ++v) {
       outs[VariantName(variants[v])] = ParseAnswer(o.outputs[v]);
+      if (v < o.kept.size()) kept[VariantName(variants[v])] = Num(o.kept[v]);
     }
     j["outputs"] = outs;
+    j["kept"] = kept;
     out.push_back(j);
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<CaseOutcome>> CasesFromJson(const nlohmann::json& cases,
+                                                       const std::vector<Variant>& variants) {
+  if (!cases.is_array()) return absl::InvalidArgumentError("cases: not a list");
+  std::vector<CaseOutcome> out;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const nlohmann::json& c = cases[i];
+    auto bad = [&](const char* field) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("cases[", i, "]: bad or missing '", field, "'"));
+    };
+    if (!c.is_object()) return bad("(object)");
+    CaseOutcome o;
+    if (!c.contains("task") || !c["task"].is_string()) return bad("task");
+    auto task = ParseTask(c["task"].get<std::string>());
+    if (!task.ok()) return bad("task");
+    o.task = *task;
+    if (!c.contains("length") || !c["length"].is_number_integer()) return bad("length");
+    o.length = c["length"].get<int32_t>();
+    if (!c.contains("index") || !c["index"].is_number_integer()) return bad("index");
+    o.index = c["index"].get<int32_t>();
+    if (!c.contains("answer") || !c["answer"].is_string()) return bad("answer");
+    o.answer = c["answer"].get<std::string>();
+    o.depth = c.value("depth", 0.0);
+    o.target_depth = c.contains("target_depth") && c["target_depth"].is_number()
+                         ? c["target_depth"].get<double>()
+                         : -1.0;
+    o.num_needles = c.value("needles", 0);
+    if (!c.contains("outputs") || !c["outputs"].is_object()) return bad("outputs");
+    for (const Variant& v : variants) {
+      const std::string name = VariantName(v);
+      if (!c["outputs"].contains(name) || !c["outputs"][name].is_string()) return bad("outputs");
+      o.outputs.push_back(c["outputs"][name].get<std::string>());
+      const bool has_kept =
+          c.contains("kept") && c["kept"].contains(name) && c["kept"][name].is_number();
+      o.kept.push_back(has_kept ? c["kept"][name].get<double>() : kNaN);
+    }
+    out.push_back(std::move(o));
   }
   return out;
 }

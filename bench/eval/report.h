@@ -67,8 +67,14 @@ std::vector<MeanRow> MeanOverTasks(const std::vector<ScoreRow>& rows);
 
 nlohmann::json ScoreRowsJson(const std::vector<ScoreRow>& rows);
 nlohmann::json MeanRowsJson(const std::vector<MeanRow>& rows);
+// Per case: task, length, index, depth, target_depth, needles, answer, and per variant name
+// the parsed answer ("outputs") and the kept fraction ("kept").
 nlohmann::json CasesJson(const std::vector<Variant>& variants,
                          const std::vector<CaseOutcome>& outcomes);
+// The inverse of CasesJson for `variants` (kvc-eval --merge). INVALID_ARGUMENT naming the case
+// and field when one is missing or malformed; a missing "kept" reads as NaN.
+absl::StatusOr<std::vector<CaseOutcome>> CasesFromJson(const nlohmann::json& cases,
+                                                       const std::vector<Variant>& variants);
 
 // Writes score_<task>_<length>.png and score_mean_<length>.png into `dir` (must exist); returns
 // the file names. `policies` are the lines; `rates` the x values (1 = the full cache).

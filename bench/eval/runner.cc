@@ -5,6 +5,7 @@
 #include <map>
 #include <span>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/check.h"
@@ -249,6 +250,19 @@ double NegLogLikelihood(std::span<const float> row, int32_t target) {
 std::string VariantName(const Variant& v) {
   if (v.full()) return "full";
   return absl::StrFormat("%s@%g", CompressionPolicyName(v.policy), v.rate);
+}
+
+absl::StatusOr<Variant> ParseVariantName(std::string_view name) {
+  if (name == "full") return Variant{};
+  const size_t at = name.find('@');
+  double rate = 0;
+  if (at == std::string_view::npos || !absl::SimpleAtod(std::string(name.substr(at + 1)), &rate) ||
+      !(rate >= 1)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("variant '", std::string(name), "': expected full or <policy>@<rate>"));
+  }
+  ASSIGN_OR_RETURN(CompressionPolicyKind kind, ParseCompressionPolicy(name.substr(0, at)));
+  return Variant{kind, rate};
 }
 
 absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunWithEngine(

@@ -28,6 +28,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -44,6 +45,8 @@ struct Variant {
 };
 // "full" or "<policy>@<rate>".
 std::string VariantName(const Variant& v);
+// The inverse of VariantName. INVALID_ARGUMENT naming the text otherwise.
+absl::StatusOr<Variant> ParseVariantName(std::string_view name);
 
 struct RunSettings {
   int32_t block_size = 16;

@@ -109,6 +109,45 @@ TEST(ReportTest, JsonShape) {
   EXPECT_EQ(parsed, j);
 }
 
+TEST(ReportTest, CasesJsonRoundTripForMerging) {
+  const auto cases = CasesJson(kVariants, Outcomes());
+  EXPECT_DOUBLE_EQ(cases[0]["kept"]["kvcompress@8"].get<double>(), 0.125);
+  auto back = CasesFromJson(cases, kVariants);
+  ASSERT_TRUE(back.ok()) << back.status();
+  ASSERT_EQ(back->size(), 4u);
+  EXPECT_EQ((*back)[1].index, 1);
+  EXPECT_EQ((*back)[1].task, TaskKind::kPasskey);
+  EXPECT_DOUBLE_EQ((*back)[1].target_depth, 0.1);
+  // Parsed answers score exactly like the raw generations.
+  const auto a = AggregateScores(kVariants, Outcomes());
+  const auto b = AggregateScores(kVariants, *back);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i].correct, b[i].correct);
+    EXPECT_DOUBLE_EQ(a[i].kept_fraction, b[i].kept_fraction);
+    EXPECT_EQ(a[i].by_depth.size(), b[i].by_depth.size());
+  }
+  auto broken = cases;
+  broken[2].erase("answer");
+  auto err = CasesFromJson(broken, kVariants);
+  ASSERT_FALSE(err.ok());
+  EXPECT_NE(std::string(err.status().message()).find("cases[2]"), std::string::npos);
+  // A variant the file does not have.
+  EXPECT_FALSE(CasesFromJson(cases, {Variant{CompressionPolicyKind::kSnapKv, 2}}).ok());
+}
+
+TEST(ReportTest, VariantNames) {
+  for (const Variant& v : kVariants) {
+    auto p = ParseVariantName(VariantName(v));
+    ASSERT_TRUE(p.ok()) << p.status();
+    EXPECT_EQ(VariantName(*p), VariantName(v));
+  }
+  EXPECT_EQ(VariantName(Variant{CompressionPolicyKind::kPyramidKv, 2.5}), "pyramidkv@2.5");
+  EXPECT_FALSE(ParseVariantName("kvcompress").ok());
+  EXPECT_FALSE(ParseVariantName("kvcompress@0.5").ok());
+  EXPECT_FALSE(ParseVariantName("magic@4").ok());
+}
+
 // Decodes our own PNG: signature, chunk CRCs, IHDR, and the pixels (filter 0 rows).
 struct Decoded {
   uint32_t width = 0, height = 0;
