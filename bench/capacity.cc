@@ -214,9 +214,9 @@ int Main(int argc, char** argv) {
       "protected window 32\n\n",
       CpuName(), model_name, o.num_prompts, o.input_len, o.output_len, o.fit_uncompressed,
       o.block_size, o.policy);
-  std::cout << absl::StrFormat("%6s %10s %9s %11s %12s %9s %10s %14s %14s\n", "rate",
-                               "mean_batch", "max_batch", "batch_x_off", "preemptions",
-                               "compress", "seconds", "tokens_per_s", "final_ratio");
+  std::cout << absl::StrFormat("%6s %10s %9s %11s %12s %9s %10s %14s %14s\n", "rate", "mean_batch",
+                               "max_batch", "batch_x_off", "preemptions", "compress", "seconds",
+                               "tokens_per_s", "final_ratio");
   std::vector<Result> results;
   std::ofstream json;
   if (!o.json.empty()) json.open(o.json);
@@ -224,10 +224,10 @@ int Main(int argc, char** argv) {
     Result res = RunOnce(weights, o, r, *policy);
     results.push_back(res);
     const double base = results.front().max_batch;
-    std::cout << absl::StrFormat("%6.1f %10.2f %9d %10.2fx %12d %9d %10.2f %14.1f %13.2fx\n",
-                                 r, res.mean_batch, res.max_batch, res.max_batch / base,
-                                 res.preemptions, res.compressions, res.seconds,
-                                 res.tokens_per_s, res.final_ratio);
+    std::cout << absl::StrFormat("%6.1f %10.2f %9d %10.2fx %12d %9d %10.2f %14.1f %13.2fx\n", r,
+                                 res.mean_batch, res.max_batch, res.max_batch / base,
+                                 res.preemptions, res.compressions, res.seconds, res.tokens_per_s,
+                                 res.final_ratio);
     if (json) {
       json << absl::StrFormat(
           "{\"rate\": %g, \"mean_batch\": %.3f, \"max_batch\": %d, \"preemptions\": %d, "

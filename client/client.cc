@@ -20,12 +20,12 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const std::string& addre
   args.SetMaxReceiveMessageSize(64 << 20);
   auto channel = grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
   if (options.connect_timeout > absl::ZeroDuration()) {
-    auto deadline = std::chrono::system_clock::now() +
-                    absl::ToChronoMilliseconds(options.connect_timeout);
+    auto deadline =
+        std::chrono::system_clock::now() + absl::ToChronoMilliseconds(options.connect_timeout);
     if (!channel->WaitForConnected(deadline)) {
-      return absl::UnavailableError(
-          absl::StrCat("cannot connect to kvc-router at ", address, " within ",
-                       absl::FormatDuration(options.connect_timeout)));
+      return absl::UnavailableError(absl::StrCat("cannot connect to kvc-router at ", address,
+                                                 " within ",
+                                                 absl::FormatDuration(options.connect_timeout)));
     }
   }
   return std::unique_ptr<Client>(new Client(address, options, std::move(channel)));

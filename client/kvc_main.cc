@@ -256,9 +256,9 @@ int Status(const Args& a) {
   if (!client.ok()) return Fail(client.status());
   auto st = (*client)->GetClusterStatus();
   if (!st.ok()) return Fail(st.status());
-  std::cout << absl::StrFormat("%-22s %-7s %-10s %-5s %9s %12s %11s %14s %7s\n", "WORKER", "HEALTHY",
-                               "MODEL", "BKND", "IN_FLIGHT", "FREE_BLOCKS", "FREE_TOKENS",
-                               "EFFECTIVE_TOK", "RATIO");
+  std::cout << absl::StrFormat("%-22s %-7s %-10s %-5s %9s %12s %11s %14s %7s\n", "WORKER",
+                               "HEALTHY", "MODEL", "BKND", "IN_FLIGHT", "FREE_BLOCKS",
+                               "FREE_TOKENS", "EFFECTIVE_TOK", "RATIO");
   for (const auto& w : st->workers()) {
     const auto& c = w.capacity();
     std::cout << absl::StrFormat("%-22s %-7s %-10s %-5s %9d %5d/%-6d %11d %14d %6.2fx\n",

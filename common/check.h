@@ -30,9 +30,9 @@ struct Voidify {
 
 }  // namespace kvc::internal
 
-#define KVC_CHECK(cond)                  \
-  (cond) ? (void)0                       \
-         : ::kvc::internal::Voidify() &  \
+#define KVC_CHECK(cond)                 \
+  (cond) ? (void)0                      \
+         : ::kvc::internal::Voidify() & \
                ::kvc::internal::CheckFailure(__FILE__, __LINE__, #cond).stream()
 
 #define KVC_CHECK_OP_(a, op, b) KVC_CHECK((a)op(b)) << "(" << (a) << " vs " << (b) << ") "
@@ -42,10 +42,10 @@ struct Voidify {
 #define KVC_CHECK_LE(a, b) KVC_CHECK_OP_(a, <=, b)
 #define KVC_CHECK_GT(a, b) KVC_CHECK_OP_(a, >, b)
 #define KVC_CHECK_GE(a, b) KVC_CHECK_OP_(a, >=, b)
-#define KVC_CHECK_OK(expr)                                     \
-  do {                                                         \
-    const auto& kvc_check_status_ = (expr);                    \
-    KVC_CHECK(kvc_check_status_.ok()) << kvc_check_status_;    \
+#define KVC_CHECK_OK(expr)                                  \
+  do {                                                      \
+    const auto& kvc_check_status_ = (expr);                 \
+    KVC_CHECK(kvc_check_status_.ok()) << kvc_check_status_; \
   } while (0)
 
 #ifdef NDEBUG

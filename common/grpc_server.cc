@@ -35,10 +35,10 @@ absl::Status ServeUntilSignal(const ServerOptions& options,
   }
   if (on_serving) on_serving(bound_port);
   if (!options.ready_file.empty()) {
-    RETURN_IF_ERROR(WriteReadyFile(options.ready_file,
-                                   {{"grpc_port", std::to_string(bound_port)},
-                                    {"metrics_port", std::to_string(metrics_port)},
-                                    {"pid", std::to_string(getpid())}}));
+    RETURN_IF_ERROR(
+        WriteReadyFile(options.ready_file, {{"grpc_port", std::to_string(bound_port)},
+                                            {"metrics_port", std::to_string(metrics_port)},
+                                            {"pid", std::to_string(getpid())}}));
   }
   int sig = WaitForShutdownSignal();
   KVC_LOG(INFO) << "signal " << sig << ": shutting down";

@@ -6,11 +6,11 @@
 #ifndef KVC_COMMON_GRPC_SERVER_H_
 #define KVC_COMMON_GRPC_SERVER_H_
 
+#include <grpcpp/grpcpp.h>
+
 #include <functional>
 #include <string>
 #include <vector>
-
-#include <grpcpp/grpcpp.h>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
@@ -20,8 +20,8 @@ namespace kvc {
 
 struct ServerOptions {
   std::string host = "127.0.0.1";
-  int port = 0;           // 0 = pick a free port
-  int metrics_port = -1;  // -1 = no /metrics, 0 = pick a free port
+  int port = 0;            // 0 = pick a free port
+  int metrics_port = -1;   // -1 = no /metrics, 0 = pick a free port
   std::string ready_file;  // written as {"grpc_port", "metrics_port", "pid"} once serving
   absl::Duration drain = absl::Seconds(5);
 };

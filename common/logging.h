@@ -38,9 +38,9 @@ class LogMessage {
 #define KVC_LOG_LEVEL_WARNING ::kvc::LogLevel::kWarning
 #define KVC_LOG_LEVEL_ERROR ::kvc::LogLevel::kError
 
-#define KVC_LOG(level)                                                     \
-  if (KVC_LOG_LEVEL_##level < ::kvc::MinLogLevel()) {                      \
-  } else                                                                   \
+#define KVC_LOG(level)                                \
+  if (KVC_LOG_LEVEL_##level < ::kvc::MinLogLevel()) { \
+  } else                                              \
     ::kvc::internal::LogMessage(KVC_LOG_LEVEL_##level, __FILE__, __LINE__).stream()
 
 #endif  // KVC_COMMON_LOGGING_H_

@@ -15,8 +15,9 @@ void AtomicAdd(std::atomic<double>& a, double v) {
   }
 }
 
-std::string LabelBlock(const std::vector<std::string>& names, const std::vector<std::string>& values,
-                       const std::string& extra_name = "", const std::string& extra_value = "") {
+std::string LabelBlock(const std::vector<std::string>& names,
+                       const std::vector<std::string>& values, const std::string& extra_name = "",
+                       const std::string& extra_value = "") {
   if (names.empty() && extra_name.empty()) return "";
   std::string out = "{";
   bool first = true;
@@ -135,8 +136,9 @@ void MetricsRegistry::CheckName(const std::string& name, const std::string& help
   KVC_CHECK(name.rfind("kvc_", 0) == 0) << "metric " << name << " must start with kvc_";
   KVC_CHECK(!help.empty()) << "metric " << name << " needs help text";
   for (const auto& e : order_) {
-    const std::string& n = e.counter ? e.counter->name() : e.gauge ? e.gauge->name()
-                                                                  : e.histogram->name();
+    const std::string& n = e.counter ? e.counter->name()
+                           : e.gauge ? e.gauge->name()
+                                     : e.histogram->name();
     KVC_CHECK(n != name) << "metric " << name << " registered twice";
   }
 }

@@ -17,7 +17,8 @@ void BlockShutdownSignals();
 int WaitForShutdownSignal();
 
 // Atomically writes `values` as a flat JSON object to `path` (write to a temp file + rename).
-absl::Status WriteReadyFile(const std::string& path, const std::map<std::string, std::string>& values);
+absl::Status WriteReadyFile(const std::string& path,
+                            const std::map<std::string, std::string>& values);
 
 }  // namespace kvc
 

@@ -15,10 +15,10 @@
 #define KVC_STATUS_CONCAT_INNER_(x, y) x##y
 #define KVC_STATUS_CONCAT_(x, y) KVC_STATUS_CONCAT_INNER_(x, y)
 
-#define RETURN_IF_ERROR(expr)                                   \
-  do {                                                          \
-    ::absl::Status kvc_status_ = (expr);                        \
-    if (!kvc_status_.ok()) return kvc_status_;                  \
+#define RETURN_IF_ERROR(expr)                  \
+  do {                                         \
+    ::absl::Status kvc_status_ = (expr);       \
+    if (!kvc_status_.ok()) return kvc_status_; \
   } while (0)
 
 #define KVC_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, rexpr) \

@@ -98,8 +98,10 @@ absl::Status ValidatePromptTokens(const google::protobuf::RepeatedField<int32_t>
                                   int32_t max_context, int32_t vocab_size) {
   if (ids.empty()) return Invalid("prompt", "must not be empty");
   if (ids.size() >= max_context) {
-    return Invalid("prompt", absl::StrCat(ids.size(), " tokens leave no room to generate in the "
-                                          "model's context of ", max_context, " tokens"));
+    return Invalid("prompt", absl::StrCat(ids.size(),
+                                          " tokens leave no room to generate in the "
+                                          "model's context of ",
+                                          max_context, " tokens"));
   }
   for (int i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab_size) {

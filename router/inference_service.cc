@@ -21,9 +21,7 @@ double SecondsSince(std::chrono::steady_clock::time_point t) {
 
 // A status from a worker that means "this worker could not take the call at all": safe to retry
 // on another worker when no token was produced yet.
-bool Retryable(const grpc::Status& s) {
-  return s.error_code() == grpc::StatusCode::UNAVAILABLE;
-}
+bool Retryable(const grpc::Status& s) { return s.error_code() == grpc::StatusCode::UNAVAILABLE; }
 
 }  // namespace
 
@@ -34,27 +32,33 @@ InferenceService::InferenceService(const Tokenizer* tokenizer, WorkerPool* pool,
     requests_ = &metrics->AddCounter("kvc_router_requests_total",
                                      "Generate requests by final gRPC status code.", {"code"});
     rejections_ = &metrics->AddCounter("kvc_router_rejections_total",
-                                       "Requests rejected before routing, by reason.",
-                                       {"reason"});
-    retries_ = &metrics->AddCounter("kvc_router_retries_total",
-                                    "Requests retried on another worker before the first token.")
+                                       "Requests rejected before routing, by reason.", {"reason"});
+    retries_ = &metrics
+                    ->AddCounter("kvc_router_retries_total",
+                                 "Requests retried on another worker before the first token.")
                     .Get();
-    ttft_ = &metrics->AddHistogram("kvc_router_time_to_first_token_seconds",
-                                   "Arrival at the router to the first token streamed back.",
-                                   MetricsRegistry::LatencyBuckets())
+    ttft_ = &metrics
+                 ->AddHistogram("kvc_router_time_to_first_token_seconds",
+                                "Arrival at the router to the first token streamed back.",
+                                MetricsRegistry::LatencyBuckets())
                  .Get();
-    itl_ = &metrics->AddHistogram("kvc_router_inter_token_seconds",
-                                  "Time between consecutive streamed chunks of a request.",
-                                  MetricsRegistry::LatencyBuckets())
+    itl_ = &metrics
+                ->AddHistogram("kvc_router_inter_token_seconds",
+                               "Time between consecutive streamed chunks of a request.",
+                               MetricsRegistry::LatencyBuckets())
                 .Get();
-    e2e_ = &metrics->AddHistogram("kvc_router_request_duration_seconds",
-                                  "Arrival to the final message of a Generate request.",
-                                  MetricsRegistry::LatencyBuckets())
+    e2e_ = &metrics
+                ->AddHistogram("kvc_router_request_duration_seconds",
+                               "Arrival to the final message of a Generate request.",
+                               MetricsRegistry::LatencyBuckets())
                 .Get();
-    prompt_tokens_ = &metrics->AddCounter("kvc_router_prompt_tokens_total",
-                                          "Prompt tokens of routed requests.").Get();
-    generated_tokens_ = &metrics->AddCounter("kvc_router_generated_tokens_total",
-                                             "Tokens streamed back to clients.").Get();
+    prompt_tokens_ =
+        &metrics->AddCounter("kvc_router_prompt_tokens_total", "Prompt tokens of routed requests.")
+             .Get();
+    generated_tokens_ =
+        &metrics
+             ->AddCounter("kvc_router_generated_tokens_total", "Tokens streamed back to clients.")
+             .Get();
   }
   watcher_ = std::thread([this] { WatchCancellations(); });
 }
@@ -94,17 +98,27 @@ absl::StatusOr<v1::ModelInfo> InferenceService::ResolveModel(const std::string& 
   return info;
 }
 
-grpc::Status InferenceService::Generate(grpc::ServerContext* ctx,
-                                        const v1::GenerateRequest* req,
+grpc::Status InferenceService::Generate(grpc::ServerContext* ctx, const v1::GenerateRequest* req,
                                         grpc::ServerWriter<v1::GenerateResponse>* writer) {
   const auto t0 = std::chrono::steady_clock::now();
   grpc::Status s = GenerateImpl(ctx, req, writer);
   if (requests_) {
-    static const char* kCodes[] = {"OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT",
-                                   "DEADLINE_EXCEEDED", "NOT_FOUND", "ALREADY_EXISTS",
-                                   "PERMISSION_DENIED", "RESOURCE_EXHAUSTED",
-                                   "FAILED_PRECONDITION", "ABORTED", "OUT_OF_RANGE",
-                                   "UNIMPLEMENTED", "INTERNAL", "UNAVAILABLE", "DATA_LOSS",
+    static const char* kCodes[] = {"OK",
+                                   "CANCELLED",
+                                   "UNKNOWN",
+                                   "INVALID_ARGUMENT",
+                                   "DEADLINE_EXCEEDED",
+                                   "NOT_FOUND",
+                                   "ALREADY_EXISTS",
+                                   "PERMISSION_DENIED",
+                                   "RESOURCE_EXHAUSTED",
+                                   "FAILED_PRECONDITION",
+                                   "ABORTED",
+                                   "OUT_OF_RANGE",
+                                   "UNIMPLEMENTED",
+                                   "INTERNAL",
+                                   "UNAVAILABLE",
+                                   "DATA_LOSS",
                                    "UNAUTHENTICATED"};
     int code = static_cast<int>(s.error_code());
     requests_->WithLabels({code >= 0 && code <= 16 ? kCodes[code] : "UNKNOWN"}).Increment();
@@ -123,9 +137,9 @@ grpc::Status InferenceService::GenerateImpl(grpc::ServerContext* ctx,
   };
   auto model = ResolveModel(req->model());
   if (!model.ok()) {
-    return reject(model.status(),
-                  model.status().code() == absl::StatusCode::kNotFound ? "unknown_model"
-                                                                       : "no_worker");
+    return reject(model.status(), model.status().code() == absl::StatusCode::kNotFound
+                                      ? "unknown_model"
+                                      : "no_worker");
   }
 
   // Prompt: text (tokenized here) or token ids.
@@ -143,8 +157,8 @@ grpc::Status InferenceService::GenerateImpl(grpc::ServerContext* ctx,
   } else {
     *wreq.mutable_prompt_token_ids() = req->prompt_token_ids();
   }
-  absl::Status st = ValidatePromptTokens(wreq.prompt_token_ids(), model->max_context(),
-                                         model->vocab_size());
+  absl::Status st =
+      ValidatePromptTokens(wreq.prompt_token_ids(), model->max_context(), model->vocab_size());
   if (st.ok()) {
     st = ValidateSampling(req->sampling(), wreq.prompt_token_ids_size(), model->max_context(),
                           model->vocab_size());
@@ -279,8 +293,9 @@ grpc::Status InferenceService::GenerateImpl(grpc::ServerContext* ctx,
     }
     if (ws.ok()) return ws;
     if (!got_any && Retryable(ws)) {
-      KVC_LOG(WARNING) << "worker " << w->address << " failed before the first token: "
-                       << ws.error_message() << "; trying another worker";
+      KVC_LOG(WARNING) << "worker " << w->address
+                       << " failed before the first token: " << ws.error_message()
+                       << "; trying another worker";
       pool_->MarkDown(w, ws.error_message());
       last_error = ws;
       continue;
@@ -288,9 +303,9 @@ grpc::Status InferenceService::GenerateImpl(grpc::ServerContext* ctx,
     return grpc::Status(ws.error_code(),
                         absl::StrCat(ws.error_message(), " [worker ", w->address, "]"));
   }
-  return grpc::Status(grpc::StatusCode::UNAVAILABLE,
-                      absl::StrCat("no worker could serve the request; last error: ",
-                                   last_error.error_message()));
+  return grpc::Status(
+      grpc::StatusCode::UNAVAILABLE,
+      absl::StrCat("no worker could serve the request; last error: ", last_error.error_message()));
 }
 
 grpc::Status InferenceService::Tokenize(grpc::ServerContext*, const v1::TokenizeRequest* req,

@@ -48,32 +48,39 @@ Engine::~Engine() { Stop(); }
 
 void Engine::RegisterMetrics() {
   if (metrics_ == nullptr) return;
-  running_gauge_ = &metrics_->AddGauge("kvc_worker_running_requests",
-                                       "Requests in the running batch.").Get();
-  waiting_gauge_ = &metrics_->AddGauge("kvc_worker_waiting_requests",
-                                       "Requests queued for admission (incl. preempted).").Get();
-  batch_size_hist_ = &metrics_->AddHistogram("kvc_worker_batch_size",
-                                             "Sequences per engine step (prefill + decode).",
-                                             {1, 2, 4, 8, 16, 32, 64, 128, 256, 512})
-                          .Get();
+  running_gauge_ =
+      &metrics_->AddGauge("kvc_worker_running_requests", "Requests in the running batch.").Get();
+  waiting_gauge_ = &metrics_
+                        ->AddGauge("kvc_worker_waiting_requests",
+                                   "Requests queued for admission (incl. preempted).")
+                        .Get();
+  batch_size_hist_ =
+      &metrics_
+           ->AddHistogram("kvc_worker_batch_size", "Sequences per engine step (prefill + decode).",
+                          {1, 2, 4, 8, 16, 32, 64, 128, 256, 512})
+           .Get();
   auto& step = metrics_->AddHistogram("kvc_worker_step_seconds",
                                       "Engine step wall time by phase (a step with any prefill "
                                       "counts as prefill).",
                                       MetricsRegistry::LatencyBuckets(), {"phase"});
   step_prefill_hist_ = &step.WithLabels({"prefill"});
   step_decode_hist_ = &step.WithLabels({"decode"});
-  prompt_tokens_ = &metrics_->AddCounter("kvc_worker_prompt_tokens_total",
-                                         "Prompt tokens prefilled (recomputation included).").Get();
-  generated_tokens_ = &metrics_->AddCounter("kvc_worker_generated_tokens_total",
-                                            "Tokens generated.").Get();
-  preemptions_ = &metrics_->AddCounter("kvc_worker_preemptions_total",
-                                       "Sequences preempted by recompute.").Get();
-  compression_hist_ = &metrics_->AddHistogram(
-                            "kvc_worker_compression_seconds",
-                            "Time to plan and apply one sequence's compression (selection, "
-                            "metadata, compaction moves).",
-                            {1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1})
-                          .Get();
+  prompt_tokens_ = &metrics_
+                        ->AddCounter("kvc_worker_prompt_tokens_total",
+                                     "Prompt tokens prefilled (recomputation included).")
+                        .Get();
+  generated_tokens_ =
+      &metrics_->AddCounter("kvc_worker_generated_tokens_total", "Tokens generated.").Get();
+  preemptions_ =
+      &metrics_->AddCounter("kvc_worker_preemptions_total", "Sequences preempted by recompute.")
+           .Get();
+  compression_hist_ =
+      &metrics_
+           ->AddHistogram("kvc_worker_compression_seconds",
+                          "Time to plan and apply one sequence's compression (selection, "
+                          "metadata, compaction moves).",
+                          {1e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1})
+           .Get();
   finished_ = &metrics_->AddCounter("kvc_worker_requests_finished_total",
                                     "Requests finished, by reason (length, stop, eos, abort, "
                                     "error).",
@@ -95,10 +102,10 @@ void Engine::Stop() {
   if (thread_.joinable()) thread_.join();
   // Finish whatever is left (also when the engine was driven by StepForTest()).
   DrainInbox();
-  while (!running_.empty()) Finish(running_.back().get(), FinishReason::kAbort,
-                                   absl::CancelledError("engine stopped"));
-  while (!waiting_.empty()) Finish(waiting_.back().get(), FinishReason::kAbort,
-                                   absl::CancelledError("engine stopped"));
+  while (!running_.empty())
+    Finish(running_.back().get(), FinishReason::kAbort, absl::CancelledError("engine stopped"));
+  while (!waiting_.empty())
+    Finish(waiting_.back().get(), FinishReason::kAbort, absl::CancelledError("engine stopped"));
 }
 
 int64_t Engine::BlocksForTokens(int64_t tokens) const {
@@ -112,8 +119,7 @@ absl::Status Engine::Submit(EngineRequest request, OutputCallback callback) {
   for (size_t i = 0; i < request.prompt.size(); ++i) {
     if (request.prompt[i] < 0 || request.prompt[i] >= cfg.vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("prompt_token_ids[", i, "]: must be in [0, ",
-                                                     cfg.vocab_size, "), got ",
-                                                     request.prompt[i]));
+                                                     cfg.vocab_size, "), got ", request.prompt[i]));
     }
   }
   const int64_t ctx = cfg.max_position_embeddings;
@@ -144,13 +150,12 @@ absl::Status Engine::Submit(EngineRequest request, OutputCallback callback) {
   }
   const bool compresses = request.policy != CompressionPolicyKind::kNone &&
                           request.compression.mode != BudgetMode::kNone;
-  const int64_t need_all = BlocksForTokens(static_cast<int64_t>(request.prompt.size()) +
-                                           request.max_tokens);
+  const int64_t need_all =
+      BlocksForTokens(static_cast<int64_t>(request.prompt.size()) + request.max_tokens);
   if (!compresses && need_all > total) {
     return absl::ResourceExhaustedError(absl::StrCat(
-        "sampling.max_tokens: prompt + max_tokens = ",
-        request.prompt.size() + request.max_tokens, " tokens need ", need_all,
-        " KV blocks but the worker's pool has only ", total,
+        "sampling.max_tokens: prompt + max_tokens = ", request.prompt.size() + request.max_tokens,
+        " tokens need ", need_all, " KV blocks but the worker's pool has only ", total,
         " (the request can never finish uncompressed)"));
   }
   absl::MutexLock lock(&mu_);
@@ -201,9 +206,8 @@ void Engine::DrainInbox() {
     seq->callback = std::move(p.callback);
     seq->arrival = p.arrival;
     // Higher priority first; FIFO within a priority (preempted sequences go to the front).
-    auto it = std::find_if(waiting_.begin(), waiting_.end(), [&](const auto& w) {
-      return w->req.priority < seq->req.priority;
-    });
+    auto it = std::find_if(waiting_.begin(), waiting_.end(),
+                           [&](const auto& w) { return w->req.priority < seq->req.priority; });
     waiting_.insert(it, std::move(seq));
   }
   for (const auto& id : aborts) {
@@ -234,8 +238,7 @@ void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status status) {
     out.usage.kvs_uncompressed = usage->kvs_uncompressed;
     out.usage.compressions = usage->compressions;
     out.usage.compression_ratio =
-        usage->kvs_held > 0 ? static_cast<double>(usage->kvs_uncompressed) / usage->kvs_held
-                            : 1.0;
+        usage->kvs_held > 0 ? static_cast<double>(usage->kvs_uncompressed) / usage->kvs_held : 1.0;
     KVC_CHECK_OK(kv_->FreeSequence(seq->id));
     seq->in_kv = false;
   }
@@ -321,8 +324,8 @@ int64_t Engine::Compress(Sequence* seq, CompressionTrigger trigger) {
                                    seq->req.compression.constraints, seq->policy_seed,
                                    *policies_.at(seq->req.policy));
   if (!plan.ok()) {
-    KVC_LOG(ERROR) << "compression plan for " << seq->req.request_id << " failed: "
-                   << plan.status();
+    KVC_LOG(ERROR) << "compression plan for " << seq->req.request_id
+                   << " failed: " << plan.status();
     return 0;
   }
   if (plan->empty()) return 0;
@@ -365,7 +368,6 @@ bool Engine::Step() {
     return false;
   }
   const auto step_start = std::chrono::steady_clock::now();
-  const KvLayout& layout = kv_->layout();
 
   step_count_++;
   // 0. Decode growth: sequences that compress continually (or on the interval) go back to budget.
@@ -446,8 +448,8 @@ bool Engine::Step() {
     f.start_position = 0;
     f.tables = kv_->Tables(s->id);
     if (CollectsScores(*s)) {
-      f.score_queries = std::min<int32_t>(s->req.observation_window,
-                                          static_cast<int32_t>(s->tokens.size()));
+      f.score_queries =
+          std::min<int32_t>(s->req.observation_window, static_cast<int32_t>(s->tokens.size()));
       f.score_pool = true;
     }
     batch.seqs.push_back(f);
@@ -487,9 +489,9 @@ bool Engine::Step() {
         if (std::find(s->req.stop_token_ids.begin(), s->req.stop_token_ids.end(), tok) !=
             s->req.stop_token_ids.end()) {
           reason = FinishReason::kStop;
-        } else if (!s->req.ignore_eos && std::find(cfg.eos_token_ids.begin(),
-                                                   cfg.eos_token_ids.end(),
-                                                   tok) != cfg.eos_token_ids.end()) {
+        } else if (!s->req.ignore_eos &&
+                   std::find(cfg.eos_token_ids.begin(), cfg.eos_token_ids.end(), tok) !=
+                       cfg.eos_token_ids.end()) {
           reason = FinishReason::kEos;
         } else if (s->num_generated >= s->req.max_tokens ||
                    static_cast<int64_t>(s->tokens.size()) >= cfg.max_position_embeddings) {
@@ -520,7 +522,6 @@ bool Engine::Step() {
     if (running_gauge_) running_gauge_->Set(num_running_);
     if (waiting_gauge_) waiting_gauge_->Set(num_waiting_);
   }
-  (void)layout;
   return true;
 }
 

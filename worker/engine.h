@@ -87,14 +87,14 @@ struct EngineOutput {
 using OutputCallback = std::function<void(EngineOutput)>;
 
 struct EngineOptions {
-  int32_t max_num_seqs = 64;           // running sequences at most
-  int32_t max_prefill_tokens = 4096;   // prompt tokens prefilled per step (at least one prompt)
-  double watermark = 0.01;             // fraction of blocks kept free at admission
-  bool check_invariants = false;       // KvManager::CheckInvariants() after every step (tests)
+  int32_t max_num_seqs = 64;          // running sequences at most
+  int32_t max_prefill_tokens = 4096;  // prompt tokens prefilled per step (at least one prompt)
+  double watermark = 0.01;            // fraction of blocks kept free at admission
+  bool check_invariants = false;      // KvManager::CheckInvariants() after every step (tests)
   // KV-Compress scoring and triggers (docs/design/eviction.md).
-  bool decode_scores = true;           // decode queries add their squared probabilities
-  int32_t score_pool_kernel = 7;       // max-pool kernel of prefill scores (0/1 = off)
-  int32_t compression_interval = 0;    // also compress over-budget sequences every N steps
+  bool decode_scores = true;         // decode queries add their squared probabilities
+  int32_t score_pool_kernel = 7;     // max-pool kernel of prefill scores (0/1 = off)
+  int32_t compression_interval = 0;  // also compress over-budget sequences every N steps
   CompressionPolicyOptions policy_options;
 };
 

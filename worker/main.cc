@@ -9,8 +9,8 @@
 #include "absl/flags/parse.h"
 #include "absl/flags/usage.h"
 #include "absl/strings/str_cat.h"
-#include "common/logging.h"
 #include "common/grpc_server.h"
+#include "common/logging.h"
 #include "common/metrics.h"
 #include "common/process.h"
 #include "common/status_macros.h"
@@ -29,7 +29,8 @@ ABSL_FLAG(std::string, model_dir, "models/kvc-ref",
           "Model directory in Hugging Face layout (config.json, *.safetensors).");
 ABSL_FLAG(bool, random_weights, false,
           "Build the model from config.json alone with random weights (benchmarks).");
-ABSL_FLAG(std::string, served_model_name, "", "Model name reported to clients (default: dir name).");
+ABSL_FLAG(std::string, served_model_name, "",
+          "Model name reported to clients (default: dir name).");
 ABSL_FLAG(std::string, host, "127.0.0.1", "Address to bind (0.0.0.0 in containers).");
 ABSL_FLAG(int, port, 50061, "gRPC port (0 = pick a free one; see --ready_file).");
 ABSL_FLAG(int, metrics_port, 9461, "Prometheus /metrics port (0 = pick a free one, -1 = off).");
@@ -94,8 +95,7 @@ absl::Status Run() {
     return absl::InvalidArgumentError("--backend must be auto, cpu or cuda, got " + backend);
   }
 #if defined(KVC_HAS_CUDA_EXECUTOR)
-  const bool want_cuda =
-      backend == "cuda" || (backend == "auto" && kernels::CudaDeviceCount() > 0);
+  const bool want_cuda = backend == "cuda" || (backend == "auto" && kernels::CudaDeviceCount() > 0);
 #else
   if (backend == "cuda") {
     return absl::UnimplementedError(
@@ -107,8 +107,8 @@ absl::Status Run() {
 
   const int32_t block_size = absl::GetFlag(FLAGS_block_size);
   if (block_size < 1 || block_size > 256) {
-    return absl::InvalidArgumentError(absl::StrCat("--block_size must be in [1, 256], got ",
-                                                   block_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--block_size must be in [1, 256], got ", block_size));
   }
   const int32_t tensor_parallel = absl::GetFlag(FLAGS_tensor_parallel);
   if (tensor_parallel < 1) {
@@ -222,8 +222,8 @@ absl::Status Run() {
   }
   Engine engine(std::move(executor), std::move(kv), eopts, &metrics);
   ExportKvMetrics(kv_ptr, &metrics, absl::GetFlag(FLAGS_per_head_metrics));
-  auto& up = metrics.AddGauge("kvc_worker_info", "Worker identity (value 1).",
-                              {"model", "backend"});
+  auto& up =
+      metrics.AddGauge("kvc_worker_info", "Worker identity (value 1).", {"model", "backend"});
   up.WithLabels({name, engine.executor().backend()}).Set(1);
 
   SamplingDefaults defaults;
@@ -245,8 +245,8 @@ absl::Status Run() {
         engine.Start();
         KVC_LOG(INFO) << "kvc-worker serving " << name << " (" << cfg.architecture << ", "
                       << engine.executor().backend() << ", tensor_parallel " << tensor_parallel
-                      << ", " << num_blocks << " blocks of "
-                      << block_size << ") on " << so.host << ":" << port;
+                      << ", " << num_blocks << " blocks of " << block_size << ") on " << so.host
+                      << ":" << port;
       },
       [&] { engine.Stop(); });
 }

@@ -103,8 +103,8 @@ absl::Status ResolveCompression(const v1::CompressionParams& c, const Compressio
                         msg.rfind("compression", 0) == 0 ? msg : "compression." + msg);
   }
   out->compression = *settings;
-  out->observation_window = c.has_observation_window() ? c.observation_window()
-                                                       : d.observation_window;
+  out->observation_window =
+      c.has_observation_window() ? c.observation_window() : d.observation_window;
   out->continual = c.has_continual() ? c.continual() : d.continual;
   return absl::OkStatus();
 }
@@ -123,12 +123,11 @@ v1::ModelInfo WorkerService::MakeModelInfo(const ModelConfig& cfg, const std::st
   return m;
 }
 
-grpc::Status WorkerService::Generate(grpc::ServerContext* ctx,
-                                     const v1::WorkerGenerateRequest* req,
+grpc::Status WorkerService::Generate(grpc::ServerContext* ctx, const v1::WorkerGenerateRequest* req,
                                      grpc::ServerWriter<v1::WorkerGenerateResponse>* writer) {
   const ModelConfig& cfg = engine_->executor().config();
-  absl::Status st = ValidatePromptTokens(req->prompt_token_ids(), cfg.max_position_embeddings,
-                                         cfg.vocab_size);
+  absl::Status st =
+      ValidatePromptTokens(req->prompt_token_ids(), cfg.max_position_embeddings, cfg.vocab_size);
   if (st.ok()) {
     st = ValidateSampling(req->sampling(), req->prompt_token_ids_size(),
                           cfg.max_position_embeddings, cfg.vocab_size);
@@ -137,9 +136,8 @@ grpc::Status WorkerService::Generate(grpc::ServerContext* ctx,
   if (!st.ok()) return ToGrpcStatus(st);
 
   EngineRequest er;
-  er.request_id = req->request_id().empty()
-                      ? absl::StrCat("worker-", next_id_.fetch_add(1))
-                      : req->request_id();
+  er.request_id = req->request_id().empty() ? absl::StrCat("worker-", next_id_.fetch_add(1))
+                                            : req->request_id();
   er.prompt.assign(req->prompt_token_ids().begin(), req->prompt_token_ids().end());
   const auto& s = req->sampling();
   er.sampling.temperature = s.has_temperature() ? s.temperature() : defaults_.temperature;

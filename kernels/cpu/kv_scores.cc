@@ -25,7 +25,8 @@ void AccumulateKvScores(const KvScoreParams& p) {
         const int32_t j = static_cast<int32_t>(h) * group + g;
         a.assign(n, 0.0f);
         for (int32_t q = 0; q < p.num_queries; ++q) {
-          const float* row = p.probs + (static_cast<int64_t>(q) * p.num_q_heads + j) * p.probs_stride;
+          const float* row =
+              p.probs + (static_cast<int64_t>(q) * p.num_q_heads + j) * p.probs_stride;
           for (int32_t s = 0; s < n; ++s) a[s] += row[s] * row[s];
         }
         if (half > 0) {
@@ -42,8 +43,8 @@ void AccumulateKvScores(const KvScoreParams& p) {
       }
       const int32_t* table = p.block_tables[h];
       for (int32_t s = 0; s < n; ++s) {
-        p.scores[static_cast<int64_t>(table[s / p.block_size]) * p.block_size +
-                 s % p.block_size] += total[s];
+        p.scores[static_cast<int64_t>(table[s / p.block_size]) * p.block_size + s % p.block_size] +=
+            total[s];
       }
     }
   });

@@ -57,9 +57,8 @@ absl::StatusOr<Endpoint> StartProcess(ChildProcess* out, const std::string& dir,
 absl::StatusOr<Endpoint> StartWorker(ChildProcess* out, const std::string& dir,
                                      const std::string& name, int64_t num_blocks) {
   return StartProcess(out, dir, name,
-                      {BinDir() + "/kvc-worker", "--model_dir=" + ModelDir(),
-                       "--backend=cpu", absl::StrCat("--num_blocks=", num_blocks),
-                       "--check_invariants=true"});
+                      {BinDir() + "/kvc-worker", "--model_dir=" + ModelDir(), "--backend=cpu",
+                       absl::StrCat("--num_blocks=", num_blocks), "--check_invariants=true"});
 }
 
 absl::StatusOr<Endpoint> StartRouter(ChildProcess* out, const std::string& dir,
@@ -70,8 +69,7 @@ absl::StatusOr<Endpoint> StartRouter(ChildProcess* out, const std::string& dir,
   if (!extra_workers.empty()) list += (list.empty() ? "" : ",") + extra_workers;
   return StartProcess(out, dir, "router",
                       {BinDir() + "/kvc-router", "--workers=" + list,
-                       "--tokenizer=" + ModelDir() + "/tokenizer.json",
-                       "--poll_interval_ms=200"});
+                       "--tokenizer=" + ModelDir() + "/tokenizer.json", "--poll_interval_ms=200"});
 }
 
 class ClusterTest : public ::testing::Test {
@@ -150,11 +148,22 @@ ChildProcess* ClusterTest::router_proc_ = nullptr;
 Endpoint* ClusterTest::router_ = nullptr;
 
 const std::vector<std::string>& Prompts() {
-  static const std::vector<std::string> p = {
-      "Once upon a time", "The quick brown fox", "In the beginning", "Call me Ishmael.",
-      "It was the best of times", "A B C D E F G", "hello world", "1 2 3 4 5 6 7 8 9",
-      "The king said", "She walked into the room and", "Why is the sky blue?", "Dear Sir,",
-      "To be or not to be", "The ship sailed", "and then", "Listen carefully:"};
+  static const std::vector<std::string> p = {"Once upon a time",
+                                             "The quick brown fox",
+                                             "In the beginning",
+                                             "Call me Ishmael.",
+                                             "It was the best of times",
+                                             "A B C D E F G",
+                                             "hello world",
+                                             "1 2 3 4 5 6 7 8 9",
+                                             "The king said",
+                                             "She walked into the room and",
+                                             "Why is the sky blue?",
+                                             "Dear Sir,",
+                                             "To be or not to be",
+                                             "The ship sailed",
+                                             "and then",
+                                             "Listen carefully:"};
   return p;
 }
 
@@ -252,8 +261,8 @@ TEST_F(ClusterTest, EveryProcessServesMetrics) {
   ASSERT_TRUE(router.ok()) << router.status();
   EXPECT_THAT(*router, HasSubstr("kvc_router_requests_total{code=\"OK\"}"));
   EXPECT_THAT(*router, HasSubstr("# TYPE kvc_router_time_to_first_token_seconds histogram"));
-  EXPECT_THAT(*router, HasSubstr("kvc_router_worker_up{worker=\"" + (*workers_)[0].address() +
-                                 "\"} 1"));
+  EXPECT_THAT(*router,
+              HasSubstr("kvc_router_worker_up{worker=\"" + (*workers_)[0].address() + "\"} 1"));
   for (const auto& w : *workers_) {
     auto m = HttpGet("127.0.0.1", w.metrics_port, "/metrics");
     ASSERT_TRUE(m.ok()) << m.status();
@@ -289,10 +298,9 @@ TEST_F(ClusterTest, BadInputGetsTheRightCodeAndNamesTheField) {
        absl::StatusCode::kInvalidArgument, "sampling.top_p"},
       {"top_p > 1", [](auto* r) { r->mutable_sampling()->set_top_p(1.5); },
        absl::StatusCode::kInvalidArgument, "sampling.top_p"},
-      {"unknown model", [](auto* r) { r->set_model("no-such-model"); },
-       absl::StatusCode::kNotFound, "no-such-model"},
-      {"compression rate < 1",
-       [](auto* r) { r->mutable_compression()->set_compression_rate(0.5); },
+      {"unknown model", [](auto* r) { r->set_model("no-such-model"); }, absl::StatusCode::kNotFound,
+       "no-such-model"},
+      {"compression rate < 1", [](auto* r) { r->mutable_compression()->set_compression_rate(0.5); },
        absl::StatusCode::kInvalidArgument, "compression.compression_rate"},
       {"prompt and ids", [](auto* r) { r->add_prompt_token_ids(3); },
        absl::StatusCode::kInvalidArgument, "prompt"},
@@ -312,16 +320,16 @@ TEST_F(ClusterTest, BadInputGetsTheRightCodeAndNamesTheField) {
 
 TEST_F(ClusterTest, CliGeneratesAndReportsStatus) {
   std::string out = *dir_ + "/cli.out";
-  std::string cmd = absl::StrCat(BinDir(), "/kvc generate --server ", router_->address(),
-                                 " --max-tokens 8 --temperature 0 \"Once upon a time\" > ", out,
-                                 " 2>&1");
+  std::string cmd =
+      absl::StrCat(BinDir(), "/kvc generate --server ", router_->address(),
+                   " --max-tokens 8 --temperature 0 \"Once upon a time\" > ", out, " 2>&1");
   ASSERT_EQ(std::system(cmd.c_str()), 0) << testing::ReadFile(out);
   EXPECT_THAT(testing::ReadFile(out), HasSubstr("[finish: length | prompt"));
   cmd = absl::StrCat(BinDir(), "/kvc status --server ", router_->address(), " > ", out, " 2>&1");
   ASSERT_EQ(std::system(cmd.c_str()), 0) << testing::ReadFile(out);
   EXPECT_THAT(testing::ReadFile(out), HasSubstr((*workers_)[1].address()));
-  cmd = absl::StrCat(BinDir(), "/kvc generate --server ", router_->address(),
-                     " --top-p 7 hi > ", out, " 2>&1");
+  cmd = absl::StrCat(BinDir(), "/kvc generate --server ", router_->address(), " --top-p 7 hi > ",
+                     out, " 2>&1");
   EXPECT_NE(std::system(cmd.c_str()), 0);
   EXPECT_THAT(testing::ReadFile(out), HasSubstr("INVALID_ARGUMENT: sampling.top_p"));
 }
@@ -369,9 +377,9 @@ TEST_F(ClusterTest, PrometheusScrapesEveryProcess) {
   }
   std::string pdir = *dir_ + "/prom";
   std::filesystem::create_directories(pdir);
-  std::string targets = absl::StrCat("'127.0.0.1:", router_->metrics_port, "', '127.0.0.1:",
-                                     (*workers_)[0].metrics_port, "', '127.0.0.1:",
-                                     (*workers_)[1].metrics_port, "'");
+  std::string targets = absl::StrCat("'127.0.0.1:", router_->metrics_port,
+                                     "', '127.0.0.1:", (*workers_)[0].metrics_port,
+                                     "', '127.0.0.1:", (*workers_)[1].metrics_port, "'");
   {
     std::ofstream cfg(pdir + "/prometheus.yml");
     cfg << "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: kvc\n"
@@ -386,10 +394,11 @@ TEST_F(ClusterTest, PrometheusScrapesEveryProcess) {
     ASSERT_TRUE(p.ok());
     port = *p;
   }
-  auto prom = ChildProcess::Start(
-      {"/usr/bin/prometheus", "--config.file=" + pdir + "/prometheus.yml",
-       "--storage.tsdb.path=" + pdir + "/data", absl::StrCat("--web.listen-address=127.0.0.1:", port)},
-      pdir + "/prometheus.log");
+  auto prom =
+      ChildProcess::Start({"/usr/bin/prometheus", "--config.file=" + pdir + "/prometheus.yml",
+                           "--storage.tsdb.path=" + pdir + "/data",
+                           absl::StrCat("--web.listen-address=127.0.0.1:", port)},
+                          pdir + "/prometheus.log");
   ASSERT_TRUE(prom.ok()) << prom.status();
   bool all_up = false;
   std::string last;
@@ -514,12 +523,11 @@ TEST(WorkerStartupTest, CorruptModelFilesFailWithTheFileNamed) {
     cfg.replace(p, std::string("\"num_hidden_layers\"").size(), "\"num_hidden_layerz\"");
     std::ofstream(m2 + "/config.json") << cfg;
   }
-  for (const auto& [model, expect] :
-       std::vector<std::pair<std::string, std::string>>{{m1, "model.safetensors"},
-                                                        {m2, "num_hidden_layers"}}) {
-    auto p = ChildProcess::Start({BinDir() + "/kvc-worker", "--model_dir=" + model, "--port=0",
-                                  "--metrics_port=-1"},
-                                 dir + "/startup.log");
+  for (const auto& [model, expect] : std::vector<std::pair<std::string, std::string>>{
+           {m1, "model.safetensors"}, {m2, "num_hidden_layers"}}) {
+    auto p = ChildProcess::Start(
+        {BinDir() + "/kvc-worker", "--model_dir=" + model, "--port=0", "--metrics_port=-1"},
+        dir + "/startup.log");
     ASSERT_TRUE(p.ok());
     auto code = p->WaitExit(absl::Seconds(30));
     ASSERT_TRUE(code.ok()) << code.status();

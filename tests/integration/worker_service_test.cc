@@ -1,5 +1,7 @@
 // Integration: WorkerService + KvManagerService in-process on a loopback gRPC port, driven by
 // real gRPC stubs (no router).
+#include "worker/worker_service.h"
+
 #include <grpcpp/grpcpp.h>
 
 #include <thread>
@@ -12,7 +14,6 @@
 #include "model/weights.h"
 #include "worker/cpu_executor.h"
 #include "worker/engine.h"
-#include "worker/worker_service.h"
 
 namespace kvc {
 namespace {

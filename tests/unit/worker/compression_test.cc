@@ -70,7 +70,8 @@ class NaiveModel {
     std::vector<float> logits;
     for (size_t i = 0; i < tokens.size(); ++i) {
       const int pos = pos0 + static_cast<int>(i);
-      const bool in_window = score_last_w > 0 && static_cast<int>(tokens.size() - i) <= score_last_w;
+      const bool in_window =
+          score_last_w > 0 && static_cast<int>(tokens.size() - i) <= score_last_w;
       std::vector<double> x(w_.embed_tokens.begin() + tokens[i] * H,
                             w_.embed_tokens.begin() + (tokens[i] + 1) * H);
       for (int l = 0; l < c_.num_hidden_layers; ++l) {
@@ -255,8 +256,8 @@ TEST_P(CompressionReferenceTest, OutputsAndScoresMatchTheNaiveReferenceOverTheKe
     auto evict = kv.EvictBlocksForBudget(seq, settings);
     EXPECT_TRUE(evict.ok());
     if (*evict <= 0) return 0;
-    auto plan = PlanSequenceEviction(kv, seq, executor.slot_reader(), *evict,
-                                     settings.constraints, 99, *policy);
+    auto plan = PlanSequenceEviction(kv, seq, executor.slot_reader(), *evict, settings.constraints,
+                                     99, *policy);
     EXPECT_TRUE(plan.ok()) << plan.status();
     std::vector<KvMove> moves;
     EXPECT_TRUE(kv.ApplyEviction(seq, *plan, trigger, &moves).ok());
@@ -285,8 +286,8 @@ TEST_P(CompressionReferenceTest, OutputsAndScoresMatchTheNaiveReferenceOverTheKe
       for (int s = 0; s < head.num_kvs; ++s) {
         const int32_t b = head.blocks[s / tc.block_size], o = s % tc.block_size;
         const auto& r = ref.head(h).at(executor.Position(b, o));
-        worst = std::max(worst, std::fabs(executor.Score(b, o) - r.score) /
-                                    std::max(1e-6, std::fabs(r.score)));
+        worst = std::max(
+            worst, std::fabs(executor.Score(b, o) - r.score) / std::max(1e-6, std::fabs(r.score)));
       }
     }
     EXPECT_LE(worst, 1e-4) << "scores " << when;
@@ -345,22 +346,20 @@ TEST_P(CompressionReferenceTest, OutputsAndScoresMatchTheNaiveReferenceOverTheKe
   // After compression every compressed head holds only full blocks, and the sequence is near
   // its budget.
   const auto usage = *kv.Usage(seq);
-  const int64_t target = TargetKvsForRate(layout, usage.tokens, tc.rate,
-                                          tc.protected_window);
+  const int64_t target = TargetKvsForRate(layout, usage.tokens, tc.rate, tc.protected_window);
   EXPECT_LE(usage.kvs_held, target + layout.heads_per_seq() * tc.block_size);
   ASSERT_TRUE(kv.FreeSequence(seq).ok());
   EXPECT_EQ(kv.num_free_blocks(), kv.num_total_blocks());
 }
 
-INSTANTIATE_TEST_SUITE_P(
-    Policies, CompressionReferenceTest,
-    ::testing::Values(Case{CompressionPolicyKind::kKvCompress, 8, 4.0, 8},
-                      Case{CompressionPolicyKind::kKvCompress, 16, 2.0, 16},
-                      Case{CompressionPolicyKind::kKvCompress, 1, 8.0, 4},
-                      Case{CompressionPolicyKind::kSnapKv, 8, 4.0, 8},
-                      Case{CompressionPolicyKind::kPyramidKv, 8, 3.0, 8},
-                      Case{CompressionPolicyKind::kStreaming, 8, 4.0, 8},
-                      Case{CompressionPolicyKind::kRandom, 8, 4.0, 8}));
+INSTANTIATE_TEST_SUITE_P(Policies, CompressionReferenceTest,
+                         ::testing::Values(Case{CompressionPolicyKind::kKvCompress, 8, 4.0, 8},
+                                           Case{CompressionPolicyKind::kKvCompress, 16, 2.0, 16},
+                                           Case{CompressionPolicyKind::kKvCompress, 1, 8.0, 4},
+                                           Case{CompressionPolicyKind::kSnapKv, 8, 4.0, 8},
+                                           Case{CompressionPolicyKind::kPyramidKv, 8, 3.0, 8},
+                                           Case{CompressionPolicyKind::kStreaming, 8, 4.0, 8},
+                                           Case{CompressionPolicyKind::kRandom, 8, 4.0, 8}));
 
 }  // namespace
 }  // namespace kvc

@@ -8,7 +8,6 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
-
 #include "gtest/gtest.h"
 #include "model/config.h"
 #include "model/weights.h"
@@ -123,14 +122,14 @@ TEST(EngineTest, ContinuousBatchingReproducesSoloOutputs) {
   // Requests join the running batch between steps: two now, then one more every step.
   size_t next = 0;
   for (; next < 2; ++next) {
-    ASSERT_TRUE(e->Submit(Greedy("r" + std::to_string(next), prompts[next], 20),
-                          Into(&got[next])).ok());
+    ASSERT_TRUE(
+        e->Submit(Greedy("r" + std::to_string(next), prompts[next], 20), Into(&got[next])).ok());
   }
   int steps = 0;
   while (e->StepForTest() || next < prompts.size()) {
     if (next < prompts.size()) {
-      ASSERT_TRUE(e->Submit(Greedy("r" + std::to_string(next), prompts[next], 20),
-                            Into(&got[next])).ok());
+      ASSERT_TRUE(
+          e->Submit(Greedy("r" + std::to_string(next), prompts[next], 20), Into(&got[next])).ok());
       ++next;
     }
     ASSERT_LT(++steps, 1000);
@@ -253,8 +252,7 @@ TEST(EngineTest, RejectsBadRequestsAtOnce) {
   EXPECT_EQ(e->Submit(Greedy("a", {}, 5), Into(&c)).code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(e->Submit(Greedy("a", {1, 500}, 5), Into(&c)).code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(e->Submit(Greedy("a", {1, 2}, 0), Into(&c)).code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(e->Submit(Greedy("a", {1, 2}, 0), Into(&c)).code(), absl::StatusCode::kInvalidArgument);
   std::vector<int32_t> long_prompt(100, 5);
   absl::Status st = e->Submit(Greedy("a", long_prompt, 5), Into(&c));
   EXPECT_EQ(st.code(), absl::StatusCode::kResourceExhausted) << st;
@@ -263,8 +261,7 @@ TEST(EngineTest, RejectsBadRequestsAtOnce) {
   EXPECT_EQ(e->Submit(Greedy("a", ctx_prompt, 5), Into(&c)).code(),
             absl::StatusCode::kInvalidArgument);
   ASSERT_TRUE(e->Submit(Greedy("dup", {1, 2}, 2), Into(&c)).ok());
-  EXPECT_EQ(e->Submit(Greedy("dup", {1, 2}, 2), Into(&c)).code(),
-            absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(e->Submit(Greedy("dup", {1, 2}, 2), Into(&c)).code(), absl::StatusCode::kAlreadyExists);
   RunToCompletion(e.get());
   EXPECT_EQ(c.finals, 1);  // rejected submissions never call back
 }
@@ -278,13 +275,11 @@ TEST(EngineTest, ThreadedSubmitFromManyThreads) {
   std::vector<std::thread> ts;
   for (int t = 0; t < kThreads; ++t) {
     ts.emplace_back([&, t] {
-      EngineRequest r = Greedy("t" + std::to_string(t), {3, 4, 5, static_cast<int32_t>(t + 6)},
-                               10);
+      EngineRequest r = Greedy("t" + std::to_string(t), {3, 4, 5, static_cast<int32_t>(t + 6)}, 10);
       ASSERT_TRUE(e->Submit(r, [&, t](EngineOutput o) {
-                       got[t].tokens.insert(got[t].tokens.end(), o.tokens.begin(),
-                                            o.tokens.end());
-                       if (o.finished) done[t].Notify();
-                     }).ok());
+                     got[t].tokens.insert(got[t].tokens.end(), o.tokens.begin(), o.tokens.end());
+                     if (o.finished) done[t].Notify();
+                   }).ok());
     });
   }
   for (auto& t : ts) t.join();

@@ -1,7 +1,8 @@
 // The trained reference model (models/kvc-ref) in our CPU engine against transformers 5.17
-// (tests/fixtures/kvc-ref/reference.safetensors, written by scripts/gpu/make_refmodel_reference.py):
-// our tokenizer gives HF's ids for the prompts, our logits match within 1e-4 relative (per row,
-// max |diff| / max |ref|), and 32 greedy steps give the same tokens.
+// (tests/fixtures/kvc-ref/reference.safetensors, written by
+// scripts/gpu/make_refmodel_reference.py): our tokenizer gives HF's ids for the prompts, our logits
+// match within 1e-4 relative (per row, max |diff| / max |ref|), and 32 greedy steps give the same
+// tokens.
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -71,8 +72,8 @@ TEST(RefModelParityTest, TokenizerLogitsAndGreedyTokensMatchTransformers) {
           << "position " << positions[i];
     }
     std::vector<int32_t> seq = ids;
-    int32_t next = ArgmaxToken(std::span<const float>(
-        out.logits.data() + int64_t(ids.size() - 1) * vocab, vocab));
+    int32_t next = ArgmaxToken(
+        std::span<const float>(out.logits.data() + int64_t(ids.size() - 1) * vocab, vocab));
     for (size_t step = 0; step < greedy.size(); ++step) {
       ASSERT_EQ(next, greedy[step]) << "greedy step " << step;
       seq.push_back(next);
