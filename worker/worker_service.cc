@@ -168,36 +168,43 @@ grpc::Status WorkerService::Generate(grpc::ServerContext* ctx, const v1::WorkerG
       client_gone = true;
     }
     if (outs.empty()) continue;
-    v1::WorkerGenerateResponse resp;
-    const EngineOutput* final_out = nullptr;
-    for (const auto& o : outs) {
+    // One message per engine step (its token), so streaming granularity does not depend on how
+    // quickly this thread is scheduled; the final output (usage) rides on the last token's
+    // message when both are already queued.
+    for (size_t i = 0; i < outs.size(); ++i) {
+      const EngineOutput& o = outs[i];
+      v1::WorkerGenerateResponse resp;
       for (int32_t t : o.tokens) resp.add_token_ids(t);
-      if (o.finished) final_out = &o;
-    }
-    if (final_out) {
-      if (!final_out->status.ok()) return ToGrpcStatus(final_out->status);
-      resp.set_finish_reason(ToProto(final_out->reason));
-      auto* u = resp.mutable_usage();
-      u->set_prompt_tokens(final_out->usage.prompt_tokens);
-      u->set_completion_tokens(final_out->usage.completion_tokens);
-      u->set_kvs_held(final_out->usage.kvs_held);
-      u->set_kvs_uncompressed(final_out->usage.kvs_uncompressed);
-      u->set_compression_ratio(final_out->usage.compression_ratio);
-      u->set_preemptions(final_out->usage.preemptions);
-      u->set_compressions(final_out->usage.compressions);
-      auto* t = resp.mutable_timings();
-      t->set_queue_seconds(final_out->timings.queue_seconds);
-      t->set_first_token_seconds(final_out->timings.first_token_seconds);
-      t->set_total_seconds(final_out->timings.total_seconds);
-    }
-    if (!client_gone && !writer->Write(resp)) {
-      if (!abort_sent) engine_->Abort(id);
-      abort_sent = true;
-      client_gone = true;
-    }
-    if (final_out) {
-      if (client_gone) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
-      return grpc::Status::OK;
+      const EngineOutput* final_out = o.finished ? &o : nullptr;
+      if (!final_out && i + 1 < outs.size() && outs[i + 1].finished &&
+          outs[i + 1].tokens.empty()) {
+        final_out = &outs[++i];
+      }
+      if (final_out) {
+        if (!final_out->status.ok()) return ToGrpcStatus(final_out->status);
+        resp.set_finish_reason(ToProto(final_out->reason));
+        auto* u = resp.mutable_usage();
+        u->set_prompt_tokens(final_out->usage.prompt_tokens);
+        u->set_completion_tokens(final_out->usage.completion_tokens);
+        u->set_kvs_held(final_out->usage.kvs_held);
+        u->set_kvs_uncompressed(final_out->usage.kvs_uncompressed);
+        u->set_compression_ratio(final_out->usage.compression_ratio);
+        u->set_preemptions(final_out->usage.preemptions);
+        u->set_compressions(final_out->usage.compressions);
+        auto* t = resp.mutable_timings();
+        t->set_queue_seconds(final_out->timings.queue_seconds);
+        t->set_first_token_seconds(final_out->timings.first_token_seconds);
+        t->set_total_seconds(final_out->timings.total_seconds);
+      }
+      if (!client_gone && !writer->Write(resp)) {
+        if (!abort_sent) engine_->Abort(id);
+        abort_sent = true;
+        client_gone = true;
+      }
+      if (final_out) {
+        if (client_gone) return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled");
+        return grpc::Status::OK;
+      }
     }
   }
 }
