@@ -12,9 +12,10 @@
 //            [--cases 100] [--case-offset 0]
 //            [--policies kvcompress,snapkv,pyramidkv,streaming,random] [--rates 1,2,4,8,16,32,64]
 //            [--protected-window 32] [--observation-window 32] [--sink-tokens 0]
+//            [--min-kvs-per-head 0]
 //            [--pool-kernel 7] [--no-continual] [--no-decode-scores]
 //            [--block-size 16] [--driver shared|engine] [--wave 4] [--threads N]
-//            [--ppl-windows 0] [--ppl-prefix 512] [--ppl-tokens 256]
+//            [--ppl-windows 0] [--ppl-prefix 512] [--ppl-tokens 256] [--ppl-haystack PATH]
 //            [--longbench F1.jsonl,F2.jsonl] [--template STR] [--chat-template STR]
 //            [--max-prompt-tokens N] [--max-new-tokens N]
 //            [--dump-cases] [--no-plots] [--no-retrieval] [--out DIR]
@@ -66,6 +67,7 @@ struct Options {
   int32_t ppl_windows = 0;
   int32_t ppl_prefix = 512;
   int32_t ppl_tokens = 256;
+  std::string ppl_haystack;  // default: --haystack
   std::vector<std::string> longbench;
   std::string tmpl;
   std::string chat_template;
@@ -155,6 +157,8 @@ Options Parse(int argc, char** argv) {
       o.run.protected_window = int_arg(0);
     } else if (a == "--observation-window") {
       o.run.observation_window = int_arg(1);
+    } else if (a == "--min-kvs-per-head") {
+      o.run.min_kvs_per_head = int_arg(0);
     } else if (a == "--sink-tokens") {
       o.run.sink_tokens = int_arg(0);
     } else if (a == "--pool-kernel") {
@@ -181,6 +185,8 @@ Options Parse(int argc, char** argv) {
       o.ppl_windows = int_arg(0);
     } else if (a == "--ppl-prefix") {
       o.ppl_prefix = int_arg(1);
+    } else if (a == "--ppl-haystack") {
+      o.ppl_haystack = next();
     } else if (a == "--ppl-tokens") {
       o.ppl_tokens = int_arg(1);
     } else if (a == "--longbench") {
@@ -432,6 +438,7 @@ int Main(int argc, char** argv) {
   settings["protected_window"] = o.run.protected_window;
   settings["observation_window"] = o.run.observation_window;
   settings["sink_tokens"] = o.run.sink_tokens;
+  settings["min_kvs_per_head"] = o.run.min_kvs_per_head;
   settings["block_size"] = o.run.block_size;
   settings["continual"] = o.run.continual;
   settings["decode_scores"] = o.run.decode_scores;
@@ -676,7 +683,23 @@ int Main(int argc, char** argv) {
 
   // ---- Perplexity ----
   if (o.ppl_windows > 0) {
-    auto windows = gen->ProseWindows(o.ppl_windows, o.ppl_prefix + o.ppl_tokens);
+    const TaskGenerator* text = gen.get();
+    std::unique_ptr<TaskGenerator> ppl_gen;
+    if (!o.ppl_haystack.empty() && o.ppl_haystack != o.haystack) {
+      auto sources = LoadHaystack(o.ppl_haystack);
+      if (!sources.ok()) {
+        std::cerr << "kvc-eval: --ppl-haystack: " << sources.status() << "\n";
+        return 1;
+      }
+      auto g = TaskGenerator::Create(tok->get(), std::move(*sources));
+      if (!g.ok()) {
+        std::cerr << "kvc-eval: " << g.status() << "\n";
+        return 1;
+      }
+      ppl_gen = std::move(*g);
+      text = ppl_gen.get();
+    }
+    auto windows = text->ProseWindows(o.ppl_windows, o.ppl_prefix + o.ppl_tokens);
     if (!windows.ok()) {
       std::cerr << "kvc-eval: " << windows.status() << "\n";
       return 1;
@@ -690,6 +713,7 @@ int Main(int argc, char** argv) {
     }
     nlohmann::json p;
     p["windows"] = o.ppl_windows;
+    p["text"] = o.ppl_haystack.empty() ? o.haystack : o.ppl_haystack;
     p["prefix_tokens"] = o.ppl_prefix;
     p["scored_tokens_per_window"] = o.ppl_tokens;
     p["seconds"] = progress.Seconds();
@@ -717,9 +741,9 @@ int Main(int argc, char** argv) {
     p["results"] = rs;
     report["perplexity"] = p;
     std::cout << absl::StrFormat(
-        "held-out prose: %d windows, %d-token prefix then %d teacher-forced tokens, mean NLL "
+        "prose from %s: %d windows, %d-token prefix then %d teacher-forced tokens, mean NLL "
         "(nats/token), full cache %.3f:\n",
-        o.ppl_windows, o.ppl_prefix, o.ppl_tokens, full_nll);
+        std::string(p["text"]), o.ppl_windows, o.ppl_prefix, o.ppl_tokens, full_nll);
     std::cout << absl::StrFormat("%-12s", "policy");
     for (double r : o.rates) std::cout << absl::StrFormat("%8s", absl::StrFormat("%gx", r));
     std::cout << "\n";
@@ -745,9 +769,9 @@ int Main(int argc, char** argv) {
         vals.push_back(y);
       }
       const double lo = std::floor(full_nll * 2 - 1) / 2;
-      auto st = WriteVariantPlot(o.out + "/perplexity.png", "held-out prose NLL", "nats/token",
-                                 std::max(0.0, lo), std::ceil(hi * 2 + 0.01) / 2, o.policies,
-                                 o.rates, vals);
+      auto st = WriteVariantPlot(o.out + "/perplexity.png", "prose NLL (teacher forcing)",
+                                 "nats/token", std::max(0.0, lo), std::ceil(hi * 2 + 0.01) / 2,
+                                 o.policies, o.rates, vals);
       if (!st.ok()) {
         std::cerr << "kvc-eval: plot: " << st << "\n";
         return 1;
