@@ -65,7 +65,6 @@ class CpuExecutor : public Executor {
 
  private:
   CpuExecutor(std::shared_ptr<const ModelWeights> weights, KvLayout layout);
-  absl::Status ValidateBatch(const ForwardBatch& batch) const;
   int64_t SlotIndex(int32_t block, int32_t offset) const;
 
   std::shared_ptr<const ModelWeights> weights_;

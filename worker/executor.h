@@ -54,6 +54,14 @@ struct ForwardOutput {
   int32_t vocab_size = 0;
 };
 
+// Checks a batch against the model and the KV layout before any executor writes anything:
+// non-empty tokens in the vocabulary, positions that fit int32, score settings, and block tables
+// holding exactly ceil(num_kvs / b) in-range blocks per (layer, kv_head) with room reserved for the
+// new tokens. INVALID_ARGUMENT naming "batch.seqs[i] (seq_id X): ..." otherwise. Shared by every
+// executor so they accept and reject exactly the same batches.
+absl::Status ValidateForwardBatch(const ForwardBatch& batch, const ModelConfig& config,
+                                  const KvLayout& layout);
+
 class Executor {
  public:
   virtual ~Executor() = default;

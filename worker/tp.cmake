@@ -16,5 +16,5 @@ kvc_cc_library(
   NAME kvc_tp_cpu_executor
   SRCS ${CMAKE_CURRENT_LIST_DIR}/tp_cpu_executor.cc
   HDRS ${CMAKE_CURRENT_LIST_DIR}/tp_cpu_executor.h ${CMAKE_CURRENT_LIST_DIR}/executor.h
-  DEPS kvc_tp_eviction kvc_communicator kvc_common kvc_model kvc_kernels_cpu kvc_kvmanager
+  DEPS kvc_executor kvc_tp_eviction kvc_communicator kvc_common kvc_model kvc_kernels_cpu kvc_kvmanager
        absl::status absl::statusor absl::strings Threads::Threads)

@@ -108,7 +108,6 @@ class TensorParallelCpuExecutor : public Executor {
 
   TensorParallelCpuExecutor(std::shared_ptr<const ModelWeights> weights, KvLayout layout,
                             KvHeadSharding sharding);
-  absl::Status ValidateBatch(const ForwardBatch& batch) const;
   absl::Status RankForward(int32_t rank, const ForwardBatch& batch, const StepInput& step,
                            ForwardOutput* out);
   // Runs fn(rank) on every rank; recreates the communicator group if a rank aborted it. Returns
