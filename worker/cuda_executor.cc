@@ -19,275 +19,11 @@
 #include "kernels/include/kvc/kernels/bf16.h"
 #include "kernels/include/kvc/kernels/cuda_kernels.h"
 #include "kernels/include/kvc/kernels/executor_ops.h"
+#include "worker/cuda_executor_internal.h"
 
 namespace kvc {
-namespace {
 
-using kernels::Bf16;
-using kernels::FloatToBf16;
-
-absl::Status CudaError(cudaError_t err, const std::string& what) {
-  cudaGetLastError();  // clear a non-sticky error so later calls are not blamed for it
-  const std::string msg = absl::StrCat(what, ": ", cudaGetErrorString(err));
-  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
-  if (err == cudaErrorNoDevice || err == cudaErrorInvalidDevice ||
-      err == cudaErrorInsufficientDriver) {
-    return absl::UnavailableError(msg);
-  }
-  return absl::InternalError(msg);
-}
-
-absl::Status CublasError(cublasStatus_t st, const std::string& what) {
-  const std::string msg = absl::StrCat(what, ": cuBLASLt status ", static_cast<int>(st));
-  if (st == CUBLAS_STATUS_ALLOC_FAILED) return absl::ResourceExhaustedError(msg);
-  return absl::InternalError(msg);
-}
-
-#define KVC_CUDA_RETURN_IF_ERROR(expr, what)                                   \
-  do {                                                                         \
-    const cudaError_t kvc_cuda_err_ = (expr);                                  \
-    if (kvc_cuda_err_ != cudaSuccess) return CudaError(kvc_cuda_err_, (what)); \
-  } while (0)
-
-#define KVC_CUBLAS_RETURN_IF_ERROR(expr, what)                                               \
-  do {                                                                                       \
-    const cublasStatus_t kvc_cublas_st_ = (expr);                                            \
-    if (kvc_cublas_st_ != CUBLAS_STATUS_SUCCESS) return CublasError(kvc_cublas_st_, (what)); \
-  } while (0)
-
-// Grow-only device buffer (cudaMalloc: 256-byte aligned). Growing frees the old buffer: callers
-// grow only while the stream is idle.
-class DevBuf {
- public:
-  DevBuf() = default;
-  DevBuf(const DevBuf&) = delete;
-  DevBuf& operator=(const DevBuf&) = delete;
-  DevBuf(DevBuf&& o) noexcept
-      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  DevBuf& operator=(DevBuf&& o) noexcept {
-    std::swap(ptr_, o.ptr_);
-    std::swap(bytes_, o.bytes_);
-    return *this;
-  }
-  ~DevBuf() { Free(); }
-  void Free() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-  }
-  absl::Status Reserve(size_t bytes, const char* what) {
-    if (bytes <= bytes_) return absl::OkStatus();
-    Free();
-    void* p = nullptr;
-    KVC_CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes),
-                             absl::StrCat("cudaMalloc of ", bytes, " bytes for ", what));
-    ptr_ = p;
-    bytes_ = bytes;
-    return absl::OkStatus();
-  }
-  template <typename T>
-  absl::Status Upload(const std::vector<T>& host, const char* what) {
-    RETURN_IF_ERROR(Reserve(std::max<size_t>(host.size() * sizeof(T), 1), what));
-    if (host.empty()) return absl::OkStatus();
-    KVC_CUDA_RETURN_IF_ERROR(
-        cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
-        absl::StrCat("upload of ", what));
-    return absl::OkStatus();
-  }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-// Grow-only pinned host buffer.
-class PinnedBuf {
- public:
-  PinnedBuf() = default;
-  PinnedBuf(const PinnedBuf&) = delete;
-  PinnedBuf& operator=(const PinnedBuf&) = delete;
-  ~PinnedBuf() {
-    if (ptr_ != nullptr) cudaFreeHost(ptr_);
-  }
-  absl::Status Reserve(size_t bytes, const char* what) {
-    if (bytes <= bytes_) return absl::OkStatus();
-    if (ptr_ != nullptr) cudaFreeHost(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-    void* p = nullptr;
-    KVC_CUDA_RETURN_IF_ERROR(cudaMallocHost(&p, bytes),
-                             absl::StrCat("cudaMallocHost of ", bytes, " bytes for ", what));
-    ptr_ = p;
-    bytes_ = bytes;
-    return absl::OkStatus();
-  }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
-};
-
-std::vector<Bf16> ToBf16(const std::vector<float>& v) {
-  std::vector<Bf16> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = FloatToBf16(v[i]);
-  return out;
-}
-
-// Kernel head dim for a model head dim (0 = unsupported).
-int32_t StorageHeadDim(int32_t d) {
-  if (d <= 0 || d % 2 != 0) return 0;
-  if (d <= 64) return 64;
-  if (d <= 128) return 128;
-  return 0;
-}
-
-int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-// Reads scores and positions from the device, one synchronous copy per call.
-class DeviceSlotReader final : public KvSlotReader {
- public:
-  DeviceSlotReader() = default;
-  void Init(const float* scores, const int32_t* positions, int32_t block_size, int64_t num_blocks,
-            int device) {
-    scores_ = scores;
-    positions_ = positions;
-    block_size_ = block_size;
-    num_blocks_ = num_blocks;
-    device_ = device;
-  }
-  float Score(int32_t block, int32_t offset) const override {
-    float v = std::numeric_limits<float>::quiet_NaN();
-    if (!InRange(block, offset, 1)) return v;
-    Copy(&v, scores_ + Index(block, offset), sizeof(float));
-    return v;
-  }
-  int32_t Position(int32_t block, int32_t offset) const override {
-    int32_t v = -1;
-    if (!InRange(block, offset, 1)) return v;
-    Copy(&v, positions_ + Index(block, offset), sizeof(int32_t));
-    return v;
-  }
-  void ReadBlock(int32_t block, int32_t count, float* scores, int32_t* positions) const override {
-    if (count <= 0) return;
-    if (!InRange(block, 0, count)) {
-      for (int32_t i = 0; i < count; ++i) {
-        scores[i] = std::numeric_limits<float>::quiet_NaN();
-        positions[i] = -1;
-      }
-      return;
-    }
-    Copy(scores, scores_ + Index(block, 0), sizeof(float) * count);
-    Copy(positions, positions_ + Index(block, 0), sizeof(int32_t) * count);
-  }
-
- private:
-  bool InRange(int32_t block, int32_t offset, int32_t count) const {
-    return block >= 0 && block < num_blocks_ && offset >= 0 && offset + count <= block_size_;
-  }
-  int64_t Index(int32_t block, int32_t offset) const {
-    return static_cast<int64_t>(block) * block_size_ + offset;
-  }
-  void Copy(void* dst, const void* src, size_t bytes) const {
-    cudaSetDevice(device_);
-    const cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
-    if (err != cudaSuccess) {
-      // The interface has no status: report and leave NaN scores (never evicted).
-      KVC_LOG(ERROR) << "CudaExecutor slot reader: " << cudaGetErrorString(err);
-      std::memset(dst, 0xff, bytes);
-    }
-  }
-
-  const float* scores_ = nullptr;
-  const int32_t* positions_ = nullptr;
-  int32_t block_size_ = 0;
-  int64_t num_blocks_ = 0;
-  int device_ = 0;
-};
-
-// A cached cuBLASLt matmul of one shape: Y[n, m] (ld ldy) = X[n, k] (ld ldx) . W[m, k]^T (+ b).
-struct GemmPlan {
-  cublasLtMatmulDesc_t desc = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
-  cublasLtMatmulAlgo_t algo{};
-  ~GemmPlan() {
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (d) cublasLtMatrixLayoutDestroy(d);
-    if (desc) cublasLtMatmulDescDestroy(desc);
-  }
-};
-
-using GemmKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool>;
-
-}  // namespace
-
-struct CudaExecutor::State {
-  ModelConfig config;
-  KvLayout layout;
-  int device = 0;
-  int32_t sms = 0;
-  int32_t d = 0, kd = 0, hq = 0, hkv = 0, hidden = 0, im = 0, imp = 0, vocab = 0, qkv_w = 0;
-  float scale = 0;
-
-  cudaStream_t stream = nullptr;
-  cublasLtHandle_t lt = nullptr;
-  static constexpr size_t kLtWorkspaceBytes = 32u << 20;
-  DevBuf lt_ws;
-  std::map<GemmKey, std::unique_ptr<GemmPlan>> gemm_plans;
-
-  struct Layer {
-    DevBuf input_norm, post_norm, qkv, qkv_bias, o, o_bias, gate_up, gate_up_bias, down, down_bias;
-    bool has_qkv_bias = false, has_o_bias = false, has_mlp_bias = false;
-  };
-  std::vector<Layer> layers;
-  DevBuf embed, final_norm, lm_head, inv_freq;
-
-  DevBuf k, v, scores, positions;
-  DeviceSlotReader reader;
-
-  // Scratch (grown per Forward while the stream is idle).
-  DevBuf res, normed, qkv_act, attn, mlp, lse, g_res, lnin, logits, ws, meta, moves;
-  PinnedBuf meta_host, logits_host, moves_host;
-  size_t rows_cap = 0, out_cap = 0;
-
-  ~State() {
-    gemm_plans.clear();
-    if (lt != nullptr) cublasLtDestroy(lt);
-    if (stream != nullptr) cudaStreamDestroy(stream);
-  }
-
-  kernels::StreamHandle handle() const { return reinterpret_cast<kernels::StreamHandle>(stream); }
-
-  kernels::PagedKvCache Cache() const {
-    kernels::PagedKvCache c;
-    c.k = k.as<Bf16>();
-    c.v = v.as<Bf16>();
-    c.scores = scores.as<float>();
-    c.positions = positions.as<int32_t>();
-    c.num_blocks = layout.num_blocks;
-    c.block_size = layout.block_size;
-    c.head_dim = kd;
-    return c;
-  }
-
-  // Padded position of real element r of a head.
-  int32_t Pad(int32_t r) const { return r < d / 2 ? r : kd / 2 + (r - d / 2); }
-
-  // Y[rows, n_out] (ld ldy) = X[rows, in] (ld ldx) . W[n_out, in]^T (+ bias, bf16 output only);
-  // out_f32: Y is fp32, and with `accumulate` Y += X . W^T (the fp32 residual stream).
-  absl::Status Gemm(const void* x, int64_t ldx, int64_t in, const DevBuf& w, const DevBuf* bias,
-                    int64_t n_out, void* y_out, int64_t ldy, int64_t rows, bool out_f32,
-                    bool accumulate = false);
-};
+using namespace cuda_internal;  // NOLINT(build/namespaces): this file's own internals
 
 absl::Status CudaExecutor::State::Gemm(const void* x, int64_t ldx, int64_t in, const DevBuf& w,
                                        const DevBuf* bias, int64_t n_out, void* y_out, int64_t ldy,
@@ -382,17 +118,14 @@ const KvLayout& CudaExecutor::layout() const { return s_->layout; }
 const KvSlotReader& CudaExecutor::slot_reader() const { return s_->reader; }
 int32_t CudaExecutor::storage_head_dim() const { return s_->kd; }
 
-absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(
-    std::shared_ptr<const ModelWeights> weights, int64_t num_blocks, int32_t block_size,
-    int device) {
-  if (weights == nullptr) return absl::InvalidArgumentError("CudaExecutor: weights are null");
-  const ModelConfig& c = weights->config;
+namespace {
+
+// Validates the model and pool against what the kernels support and sets up everything but the
+// weights: dimensions, stream, cuBLASLt, RoPE frequencies, the zeroed KV pool.
+absl::StatusOr<std::unique_ptr<CudaExecutor::State>> NewState(const ModelConfig& c,
+                                                              int64_t num_blocks,
+                                                              int32_t block_size, int device) {
   RETURN_IF_ERROR(Annotate(c.Validate(), "CudaExecutor: model config"));
-  if (static_cast<int32_t>(weights->layers.size()) != c.num_hidden_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("CudaExecutor: weights hold ",
-                                                   weights->layers.size(), " layers, config ",
-                                                   c.num_hidden_layers));
-  }
   if (num_blocks < 1) {
     return absl::InvalidArgumentError(absl::StrCat("num_blocks must be >= 1, got ", num_blocks));
   }
@@ -427,7 +160,7 @@ absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(
   }
   KVC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device), "cudaSetDevice");
 
-  auto s = std::make_unique<State>();
+  auto s = std::make_unique<CudaExecutor::State>();
   s->config = c;
   s->device = device;
   s->sms = kernels::CurrentDeviceSmCount();
@@ -450,8 +183,57 @@ absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(
   KVC_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking),
                            "cudaStreamCreate");
   KVC_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&s->lt), "cublasLtCreate");
-  RETURN_IF_ERROR(s->lt_ws.Reserve(State::kLtWorkspaceBytes, "cuBLASLt workspace"));
+  RETURN_IF_ERROR(s->lt_ws.Reserve(CudaExecutor::State::kLtWorkspaceBytes, "cuBLASLt workspace"));
 
+  cpu::RopeFrequencyParams rp;
+  rp.head_dim = c.head_dim;
+  rp.theta = c.rope_theta;
+  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
+    rp.llama3 = true;
+    rp.factor = c.rope_scaling.factor;
+    rp.low_freq_factor = c.rope_scaling.low_freq_factor;
+    rp.high_freq_factor = c.rope_scaling.high_freq_factor;
+    rp.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
+  }
+  std::vector<float> inv = cpu::RopeInvFreq(rp);
+  inv.resize(s->kd / 2, 0.0f);  // padded pairs rotate zeros
+  RETURN_IF_ERROR(s->inv_freq.Upload(inv, "rope inv_freq"));
+
+  // ---- KV pool ----
+  const int64_t slots = num_blocks * block_size;
+  RETURN_IF_ERROR(s->k.Reserve(slots * s->kd * sizeof(Bf16), "K pool"));
+  RETURN_IF_ERROR(s->v.Reserve(slots * s->kd * sizeof(Bf16), "V pool"));
+  RETURN_IF_ERROR(s->scores.Reserve(slots * sizeof(float), "score pool"));
+  RETURN_IF_ERROR(s->positions.Reserve(slots * sizeof(int32_t), "position pool"));
+  // Zeroed: padded elements must be zero, and nothing reads an unwritten slot as NaN.
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->k.as<void>(), 0, slots * s->kd * sizeof(Bf16)),
+                           "memset K");
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->v.as<void>(), 0, slots * s->kd * sizeof(Bf16)),
+                           "memset V");
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->scores.as<void>(), 0, slots * sizeof(float)),
+                           "memset scores");
+  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->positions.as<void>(), 0, slots * sizeof(int32_t)),
+                           "memset positions");
+  KVC_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize(), "CudaExecutor setup");
+  s->reader.Init(s->scores.as<float>(), s->positions.as<int32_t>(), block_size, num_blocks, device);
+  return s;
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(
+    std::shared_ptr<const ModelWeights> weights, int64_t num_blocks, int32_t block_size,
+    int device) {
+  if (weights == nullptr) return absl::InvalidArgumentError("CudaExecutor: weights are null");
+  const ModelConfig& c = weights->config;
+  RETURN_IF_ERROR(Annotate(c.Validate(), "CudaExecutor: model config"));
+  if (static_cast<int32_t>(weights->layers.size()) != c.num_hidden_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("CudaExecutor: weights hold ",
+                                                   weights->layers.size(), " layers, config ",
+                                                   c.num_hidden_layers));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<State> s, NewState(c, num_blocks, block_size, device));
+  const int32_t kd = s->kd;
   // ---- weights: fp32 host -> padded bf16 device ----
   const int32_t d = s->d, hq = s->hq, hkv = s->hkv, h = s->hidden, im = s->im, imp = s->imp;
   const State& st = *s;
@@ -524,38 +306,68 @@ absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::Create(
   if (!c.tie_word_embeddings) {
     RETURN_IF_ERROR(s->lm_head.Upload(ToBf16(weights->lm_head), "lm_head"));
   }
-  cpu::RopeFrequencyParams rp;
-  rp.head_dim = c.head_dim;
-  rp.theta = c.rope_theta;
-  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
-    rp.llama3 = true;
-    rp.factor = c.rope_scaling.factor;
-    rp.low_freq_factor = c.rope_scaling.low_freq_factor;
-    rp.high_freq_factor = c.rope_scaling.high_freq_factor;
-    rp.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
-  }
-  std::vector<float> inv = cpu::RopeInvFreq(rp);
-  inv.resize(kd / 2, 0.0f);  // padded pairs rotate zeros
-  RETURN_IF_ERROR(s->inv_freq.Upload(inv, "rope inv_freq"));
-
-  // ---- KV pool ----
-  const int64_t slots = num_blocks * block_size;
-  RETURN_IF_ERROR(s->k.Reserve(slots * kd * sizeof(Bf16), "K pool"));
-  RETURN_IF_ERROR(s->v.Reserve(slots * kd * sizeof(Bf16), "V pool"));
-  RETURN_IF_ERROR(s->scores.Reserve(slots * sizeof(float), "score pool"));
-  RETURN_IF_ERROR(s->positions.Reserve(slots * sizeof(int32_t), "position pool"));
-  // Zeroed: padded elements must be zero, and nothing reads an unwritten slot as NaN.
-  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->k.as<void>(), 0, slots * kd * sizeof(Bf16)), "memset K");
-  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->v.as<void>(), 0, slots * kd * sizeof(Bf16)), "memset V");
-  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->scores.as<void>(), 0, slots * sizeof(float)),
-                           "memset scores");
-  KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->positions.as<void>(), 0, slots * sizeof(int32_t)),
-                           "memset positions");
-  KVC_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize(), "CudaExecutor setup");
-  s->reader.Init(s->scores.as<float>(), s->positions.as<int32_t>(), block_size, num_blocks, device);
+  KVC_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize(), "CudaExecutor weights upload");
   KVC_LOG(INFO) << "CudaExecutor: " << c.name << " on device " << device << " (" << s->sms
-                << " SMs), head_dim " << d << " (stored " << kd << "), " << num_blocks
+                << " SMs), head_dim " << c.head_dim << " (stored " << kd << "), " << num_blocks
                 << " blocks of " << block_size;
+  return std::unique_ptr<CudaExecutor>(new CudaExecutor(std::move(s)));
+}
+
+absl::StatusOr<std::unique_ptr<CudaExecutor>> CudaExecutor::CreateRandom(
+    const ModelConfig& c, uint64_t seed, int64_t num_blocks, int32_t block_size, int device) {
+  if (c.head_dim != 64 && c.head_dim != 128) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "CudaExecutor::CreateRandom: head_dim must be 64 or 128 (no padding), got ", c.head_dim));
+  }
+  if (c.intermediate_size % 8 != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CudaExecutor::CreateRandom: intermediate_size must be a multiple of 8, got ",
+                     c.intermediate_size));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<State> s, NewState(c, num_blocks, block_size, device));
+  const int64_t h = s->hidden, imp = s->imp;
+  uint64_t stream_id = 0;
+  // Uniform weights of standard deviation 0.02 (scale 0.02 * sqrt(3)), norms 1 +- 0.1, biases
+  // 0.02: activations stay O(1) through the layers, like a trained model's.
+  auto fill = [&](DevBuf& buf, int64_t n, float scale, float offset,
+                  const char* what) -> absl::Status {
+    RETURN_IF_ERROR(buf.Reserve(static_cast<size_t>(n) * sizeof(Bf16), what));
+    kernels::FillRandomBf16Params fp;
+    fp.out = buf.as<Bf16>();
+    fp.n = n;
+    fp.scale = scale;
+    fp.offset = offset;
+    fp.seed = seed * 1000003ull + (++stream_id);
+    return kernels::FillRandomBf16(fp, s->handle());
+  };
+  const float w = 0.02f * std::sqrt(3.0f);
+  for (int32_t l = 0; l < c.num_hidden_layers; ++l) {
+    State::Layer L;
+    RETURN_IF_ERROR(fill(L.input_norm, h, 0.1f, 1.0f, "input_layernorm"));
+    RETURN_IF_ERROR(fill(L.post_norm, h, 0.1f, 1.0f, "post_attention_layernorm"));
+    RETURN_IF_ERROR(fill(L.qkv, static_cast<int64_t>(s->qkv_w) * h, w, 0, "qkv_proj"));
+    if (c.qkv_bias()) {
+      L.has_qkv_bias = true;
+      RETURN_IF_ERROR(fill(L.qkv_bias, s->qkv_w, w, 0, "qkv bias"));
+    }
+    if (c.o_proj_bias()) {
+      L.has_o_bias = true;
+      RETURN_IF_ERROR(fill(L.o_bias, h, w, 0, "o_proj bias"));
+    }
+    RETURN_IF_ERROR(fill(L.o, h * s->hq * s->kd, w, 0, "o_proj"));
+    RETURN_IF_ERROR(fill(L.gate_up, 2 * imp * h, w, 0, "gate_up_proj"));
+    RETURN_IF_ERROR(fill(L.down, h * imp, w, 0, "down_proj"));
+    s->layers.push_back(std::move(L));
+  }
+  RETURN_IF_ERROR(fill(s->embed, static_cast<int64_t>(s->vocab) * h, 1.0f, 0, "embed_tokens"));
+  RETURN_IF_ERROR(fill(s->final_norm, h, 0.1f, 1.0f, "norm"));
+  if (!c.tie_word_embeddings) {
+    RETURN_IF_ERROR(fill(s->lm_head, static_cast<int64_t>(s->vocab) * h, w, 0, "lm_head"));
+  }
+  KVC_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize(), "CudaExecutor random weights");
+  KVC_LOG(INFO) << "CudaExecutor: " << c.name << " (random weights, seed " << seed << ") on device "
+                << device << " (" << s->sms << " SMs), " << num_blocks << " blocks of "
+                << block_size;
   return std::unique_ptr<CudaExecutor>(new CudaExecutor(std::move(s)));
 }
 

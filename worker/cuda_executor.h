@@ -71,6 +71,15 @@ class CudaExecutor : public Executor {
       std::shared_ptr<const ModelWeights> weights, int64_t num_blocks, int32_t block_size,
       int device = 0);
 
+  // The same executor over random bf16 weights generated on the device from `seed` (benchmarks of
+  // large architectures without a multi-GB host copy). Requires head_dim 64 or 128 and an
+  // intermediate size that is a multiple of 8 (INVALID_ARGUMENT otherwise); other errors as Create.
+  static absl::StatusOr<std::unique_ptr<CudaExecutor>> CreateRandom(const ModelConfig& config,
+                                                                    uint64_t seed,
+                                                                    int64_t num_blocks,
+                                                                    int32_t block_size,
+                                                                    int device = 0);
+
   // Device bytes one KV block takes for this model (K + V bf16 rows of the padded head_dim,
   // score and position): sizes the pool from a memory budget.
   static int64_t BytesPerBlock(const ModelConfig& config, int32_t block_size);
@@ -89,6 +98,11 @@ class CudaExecutor : public Executor {
   // reads a slot an earlier one writes, or writes a slot an earlier one reads) is split into
   // several launches so the result is that of sequential moves.
   absl::Status MoveKvs(std::span<const KvMove> moves) override;
+  // Device-side KV-Compress selection + compaction (cuda_executor_eviction.cc).
+  bool evicts_on_device() const override;
+  absl::StatusOr<std::vector<int32_t>> EvictOnDevice(
+      const SequenceBlockTables& tables, int64_t num_tokens, int64_t evict_blocks,
+      const EvictionConstraints& constraints) override;
 
   // Padded head dim of the K/V rows (64 or 128).
   int32_t storage_head_dim() const;

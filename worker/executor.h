@@ -16,6 +16,8 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "kernels/cpu/sampling.h"
 #include "kvmanager/eviction_plan.h"
 #include "kvmanager/kv_layout.h"
 #include "model/config.h"
@@ -39,12 +41,25 @@ struct ForwardSequence {
   // max-pooled along keys (score_pool); decode: 1, not pooled. 0 = collect nothing.
   int32_t score_queries = 0;
   bool score_pool = false;
+  // Sampling in the executor (Executor::samples_tokens()): when `sample` is set, Forward() draws
+  // this sequence's next token from its last logits row into ForwardOutput::tokens, with the
+  // CPU reference's rule (kernels/cpu/sampling.h, SampleTokenWithUniform) and the uniform
+  // CounterUniform(sample_seed, sample_counter): a counter-based draw, so a request's tokens
+  // depend only on its seed and how many tokens it generated (preemption does not change them).
+  bool sample = false;
+  SamplingOptions sampling;
+  uint64_t sample_seed = 0;
+  uint64_t sample_counter = 0;
 };
 
 struct ForwardBatch {
   std::vector<ForwardSequence> seqs;
   // Max-pooling kernel for pooled scores (odd; 0 or 1 = off).
   int32_t score_pool_kernel = 7;
+  // false: logits are not returned (ForwardOutput::logits stays empty) unless a sequence asks for
+  // all_logits; only the sampled tokens come back (one device->host copy on the CUDA backend).
+  // Valid only when every sequence has `sample` set.
+  bool return_logits = true;
 };
 
 struct ForwardOutput {
@@ -52,6 +67,9 @@ struct ForwardOutput {
   // tokens.size() rows if all_logits else 1 row (its last token).
   std::vector<float> logits;
   int32_t vocab_size = 0;
+  // One entry per sequence in batch order when sampling ran in the executor: the sampled token of
+  // a sequence with `sample` set, -1 for the others.
+  std::vector<int32_t> tokens;
 };
 
 // Checks a batch against the model and the KV layout before any executor writes anything:
@@ -82,6 +100,24 @@ class Executor {
   // destination, in order (a plan's moves never overlap). Must run before the blocks freed by
   // the plan are reused.
   virtual absl::Status MoveKvs(std::span<const KvMove> moves) = 0;
+
+  // True when Forward() honours ForwardSequence::sample (the engine then samples there and skips
+  // the logits download); false: the engine samples on the host from the logits.
+  virtual bool samples_tokens() const { return false; }
+
+  // Device-side KV-Compress (policy kvcompress, the global rule of kvmanager/eviction_plan.h):
+  // selects and compacts one sequence's KVs where the scores live, and returns the blocks freed
+  // per head index (L·H entries, what PlanFromBlockCounts takes); only these counts come back to
+  // the host. The result must equal EvictionPlanner::Plan on the same scores followed by its
+  // moves. The caller then applies the counts-only plan to the KvManager before any block is
+  // reused. UNIMPLEMENTED where evicts_on_device() is false.
+  virtual bool evicts_on_device() const { return false; }
+  virtual absl::StatusOr<std::vector<int32_t>> EvictOnDevice(
+      const SequenceBlockTables& tables, int64_t num_tokens, int64_t evict_blocks,
+      const EvictionConstraints& constraints) {
+    return absl::UnimplementedError("EvictOnDevice: not supported by the " + backend() +
+                                    " executor");
+  }
 };
 
 }  // namespace kvc

@@ -91,4 +91,11 @@ absl::Status MoveKvSlots(const KvMoveParams& p, StreamHandle stream) {
   return FromCuda(internal::LaunchMoveKvSlots(p, Stream(stream)), "MoveKvSlots");
 }
 
+absl::Status FillRandomBf16(const FillRandomBf16Params& p, StreamHandle stream) {
+  if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat("FillRandomBf16: n ", p.n, " < 0"));
+  if (p.n == 0) return absl::OkStatus();
+  if (p.out == nullptr) return absl::InvalidArgumentError("FillRandomBf16: out is null");
+  return FromCuda(internal::LaunchFillRandomBf16(p, Stream(stream)), "FillRandomBf16");
+}
+
 }  // namespace kvc::kernels

@@ -63,6 +63,31 @@ struct KvMoveParams {
   const int64_t* dst_slots = nullptr;  // [num_moves]
 };
 
+// Fills out[0, n) with bf16 values offset + scale * u, u uniform in [-1, 1) from a counter-based
+// hash of (seed, index): random weights for benchmarks (no host copy of a multi-GB model).
+// Deterministic for a (seed, n); the CPU reference is FillRandomValue() below.
+struct FillRandomBf16Params {
+  Bf16* out = nullptr;
+  int64_t n = 0;
+  float scale = 0.02f;
+  float offset = 0.0f;
+  uint64_t seed = 0;
+};
+
+// Value element i of a FillRandomBf16 call gets, before rounding to bf16 (host and device).
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+    inline float
+    FillRandomValue(uint64_t seed, int64_t i, float scale, float offset) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (static_cast<uint64_t>(i) + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  const float u = static_cast<float>(z >> 40) * (1.0f / 8388608.0f) - 1.0f;  // [-1, 1)
+  return offset + scale * u;
+}
+
 }  // namespace kvc::kernels
 
 #endif  // KVC_KERNELS_EXECUTOR_OPS_PARAMS_H_

@@ -1,0 +1,311 @@
+// Internals of CudaExecutor shared by its translation units (cuda_executor.cc: setup, Forward,
+// MoveKvs; cuda_executor_*.cc: the parts added beside it). Not a public header: only the CUDA
+// executor's own sources include it.
+//
+// Ownership: CudaExecutor owns one State; State owns every device buffer, the stream and the
+// cuBLASLt handle. Grow-only buffers are grown only while the stream is idle.
+#ifndef KVC_WORKER_CUDA_EXECUTOR_INTERNAL_H_
+#define KVC_WORKER_CUDA_EXECUTOR_INTERNAL_H_
+
+#include <cublasLt.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <map>
+#include <memory>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "kernels/include/kvc/kernels/bf16.h"
+#include "kernels/include/kvc/kernels/cuda_kernels.h"
+#include "kernels/include/kvc/kernels/executor_ops.h"
+#include "worker/cuda_executor.h"
+
+namespace kvc {
+namespace cuda_internal {
+
+using kernels::Bf16;
+using kernels::FloatToBf16;
+
+inline absl::Status CudaError(cudaError_t err, const std::string& what) {
+  cudaGetLastError();  // clear a non-sticky error so later calls are not blamed for it
+  const std::string msg = absl::StrCat(what, ": ", cudaGetErrorString(err));
+  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(msg);
+  if (err == cudaErrorNoDevice || err == cudaErrorInvalidDevice ||
+      err == cudaErrorInsufficientDriver) {
+    return absl::UnavailableError(msg);
+  }
+  return absl::InternalError(msg);
+}
+
+inline absl::Status CublasError(cublasStatus_t st, const std::string& what) {
+  const std::string msg = absl::StrCat(what, ": cuBLASLt status ", static_cast<int>(st));
+  if (st == CUBLAS_STATUS_ALLOC_FAILED) return absl::ResourceExhaustedError(msg);
+  return absl::InternalError(msg);
+}
+
+#define KVC_CUDA_RETURN_IF_ERROR(expr, what)                                   \
+  do {                                                                         \
+    const cudaError_t kvc_cuda_err_ = (expr);                                  \
+    if (kvc_cuda_err_ != cudaSuccess) return CudaError(kvc_cuda_err_, (what)); \
+  } while (0)
+
+#define KVC_CUBLAS_RETURN_IF_ERROR(expr, what)                                               \
+  do {                                                                                       \
+    const cublasStatus_t kvc_cublas_st_ = (expr);                                            \
+    if (kvc_cublas_st_ != CUBLAS_STATUS_SUCCESS) return CublasError(kvc_cublas_st_, (what)); \
+  } while (0)
+
+// Grow-only device buffer (cudaMalloc: 256-byte aligned). Growing frees the old buffer: callers
+// grow only while the stream is idle.
+class DevBuf {
+ public:
+  DevBuf() = default;
+  DevBuf(const DevBuf&) = delete;
+  DevBuf& operator=(const DevBuf&) = delete;
+  DevBuf(DevBuf&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DevBuf& operator=(DevBuf&& o) noexcept {
+    std::swap(ptr_, o.ptr_);
+    std::swap(bytes_, o.bytes_);
+    return *this;
+  }
+  ~DevBuf() { Free(); }
+  void Free() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+  absl::Status Reserve(size_t bytes, const char* what) {
+    if (bytes <= bytes_) return absl::OkStatus();
+    Free();
+    void* p = nullptr;
+    KVC_CUDA_RETURN_IF_ERROR(cudaMalloc(&p, bytes),
+                             absl::StrCat("cudaMalloc of ", bytes, " bytes for ", what));
+    ptr_ = p;
+    bytes_ = bytes;
+    return absl::OkStatus();
+  }
+  template <typename T>
+  absl::Status Upload(const std::vector<T>& host, const char* what) {
+    RETURN_IF_ERROR(Reserve(std::max<size_t>(host.size() * sizeof(T), 1), what));
+    if (host.empty()) return absl::OkStatus();
+    KVC_CUDA_RETURN_IF_ERROR(
+        cudaMemcpy(ptr_, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice),
+        absl::StrCat("upload of ", what));
+    return absl::OkStatus();
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// Grow-only pinned host buffer.
+class PinnedBuf {
+ public:
+  PinnedBuf() = default;
+  PinnedBuf(const PinnedBuf&) = delete;
+  PinnedBuf& operator=(const PinnedBuf&) = delete;
+  ~PinnedBuf() {
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+  }
+  absl::Status Reserve(size_t bytes, const char* what) {
+    if (bytes <= bytes_) return absl::OkStatus();
+    if (ptr_ != nullptr) cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+    void* p = nullptr;
+    KVC_CUDA_RETURN_IF_ERROR(cudaMallocHost(&p, bytes),
+                             absl::StrCat("cudaMallocHost of ", bytes, " bytes for ", what));
+    ptr_ = p;
+    bytes_ = bytes;
+    return absl::OkStatus();
+  }
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+inline std::vector<Bf16> ToBf16(const std::vector<float>& v) {
+  std::vector<Bf16> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = FloatToBf16(v[i]);
+  return out;
+}
+
+// Kernel head dim for a model head dim (0 = unsupported).
+inline int32_t StorageHeadDim(int32_t d) {
+  if (d <= 0 || d % 2 != 0) return 0;
+  if (d <= 64) return 64;
+  if (d <= 128) return 128;
+  return 0;
+}
+
+inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+// Reads scores and positions from the device, one synchronous copy per call.
+class DeviceSlotReader final : public KvSlotReader {
+ public:
+  DeviceSlotReader() = default;
+  void Init(const float* scores, const int32_t* positions, int32_t block_size, int64_t num_blocks,
+            int device) {
+    scores_ = scores;
+    positions_ = positions;
+    block_size_ = block_size;
+    num_blocks_ = num_blocks;
+    device_ = device;
+  }
+  float Score(int32_t block, int32_t offset) const override {
+    float v = std::numeric_limits<float>::quiet_NaN();
+    if (!InRange(block, offset, 1)) return v;
+    Copy(&v, scores_ + Index(block, offset), sizeof(float));
+    return v;
+  }
+  int32_t Position(int32_t block, int32_t offset) const override {
+    int32_t v = -1;
+    if (!InRange(block, offset, 1)) return v;
+    Copy(&v, positions_ + Index(block, offset), sizeof(int32_t));
+    return v;
+  }
+  void ReadBlock(int32_t block, int32_t count, float* scores, int32_t* positions) const override {
+    if (count <= 0) return;
+    if (!InRange(block, 0, count)) {
+      for (int32_t i = 0; i < count; ++i) {
+        scores[i] = std::numeric_limits<float>::quiet_NaN();
+        positions[i] = -1;
+      }
+      return;
+    }
+    Copy(scores, scores_ + Index(block, 0), sizeof(float) * count);
+    Copy(positions, positions_ + Index(block, 0), sizeof(int32_t) * count);
+  }
+
+ private:
+  bool InRange(int32_t block, int32_t offset, int32_t count) const {
+    return block >= 0 && block < num_blocks_ && offset >= 0 && offset + count <= block_size_;
+  }
+  int64_t Index(int32_t block, int32_t offset) const {
+    return static_cast<int64_t>(block) * block_size_ + offset;
+  }
+  void Copy(void* dst, const void* src, size_t bytes) const {
+    cudaSetDevice(device_);
+    const cudaError_t err = cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost);
+    if (err != cudaSuccess) {
+      // The interface has no status: report and leave NaN scores (never evicted).
+      KVC_LOG(ERROR) << "CudaExecutor slot reader: " << cudaGetErrorString(err);
+      std::memset(dst, 0xff, bytes);
+    }
+  }
+
+  const float* scores_ = nullptr;
+  const int32_t* positions_ = nullptr;
+  int32_t block_size_ = 0;
+  int64_t num_blocks_ = 0;
+  int device_ = 0;
+};
+
+// A cached cuBLASLt matmul of one shape: Y[n, m] (ld ldy) = X[n, k] (ld ldx) . W[m, k]^T (+ b).
+struct GemmPlan {
+  cublasLtMatmulDesc_t desc = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~GemmPlan() {
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (d) cublasLtMatrixLayoutDestroy(d);
+    if (desc) cublasLtMatmulDescDestroy(desc);
+  }
+};
+
+using GemmKey = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool>;
+
+}  // namespace cuda_internal
+
+using cuda_internal::DevBuf;
+using cuda_internal::DeviceSlotReader;
+using cuda_internal::GemmKey;
+using cuda_internal::GemmPlan;
+using cuda_internal::PinnedBuf;
+using kernels::Bf16;
+
+struct CudaExecutor::State {
+  ModelConfig config;
+  KvLayout layout;
+  int device = 0;
+  int32_t sms = 0;
+  int32_t d = 0, kd = 0, hq = 0, hkv = 0, hidden = 0, im = 0, imp = 0, vocab = 0, qkv_w = 0;
+  float scale = 0;
+
+  cudaStream_t stream = nullptr;
+  cublasLtHandle_t lt = nullptr;
+  static constexpr size_t kLtWorkspaceBytes = 32u << 20;
+  DevBuf lt_ws;
+  std::map<GemmKey, std::unique_ptr<GemmPlan>> gemm_plans;
+
+  struct Layer {
+    DevBuf input_norm, post_norm, qkv, qkv_bias, o, o_bias, gate_up, gate_up_bias, down, down_bias;
+    bool has_qkv_bias = false, has_o_bias = false, has_mlp_bias = false;
+  };
+  std::vector<Layer> layers;
+  DevBuf embed, final_norm, lm_head, inv_freq;
+
+  DevBuf k, v, scores, positions;
+  DeviceSlotReader reader;
+
+  // Scratch (grown per Forward while the stream is idle).
+  DevBuf res, normed, qkv_act, attn, mlp, lse, g_res, lnin, logits, ws, meta, moves;
+  PinnedBuf meta_host, logits_host, moves_host;
+  size_t rows_cap = 0, out_cap = 0;
+
+  ~State() {
+    gemm_plans.clear();
+    if (lt != nullptr) cublasLtDestroy(lt);
+    if (stream != nullptr) cudaStreamDestroy(stream);
+  }
+
+  kernels::StreamHandle handle() const { return reinterpret_cast<kernels::StreamHandle>(stream); }
+
+  kernels::PagedKvCache Cache() const {
+    kernels::PagedKvCache c;
+    c.k = k.as<Bf16>();
+    c.v = v.as<Bf16>();
+    c.scores = scores.as<float>();
+    c.positions = positions.as<int32_t>();
+    c.num_blocks = layout.num_blocks;
+    c.block_size = layout.block_size;
+    c.head_dim = kd;
+    return c;
+  }
+
+  // Padded position of real element r of a head.
+  int32_t Pad(int32_t r) const { return r < d / 2 ? r : kd / 2 + (r - d / 2); }
+
+  // Y[rows, n_out] (ld ldy) = X[rows, in] (ld ldx) . W[n_out, in]^T (+ bias, bf16 output only);
+  // out_f32: Y is fp32, and with `accumulate` Y += X . W^T (the fp32 residual stream).
+  absl::Status Gemm(const void* x, int64_t ldx, int64_t in, const DevBuf& w, const DevBuf* bias,
+                    int64_t n_out, void* y_out, int64_t ldy, int64_t rows, bool out_f32,
+                    bool accumulate = false);
+};
+
+}  // namespace kvc
+
+#endif  // KVC_WORKER_CUDA_EXECUTOR_INTERNAL_H_
