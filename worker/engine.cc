@@ -22,6 +22,7 @@ struct Engine::Sequence {
   int32_t preemptions = 0;
   bool in_kv = false;  // registered with the KvManager
   Rng rng{0};
+  uint64_t sample_seed = 0;  // executor sampling: CounterUniform(sample_seed, num_generated)
   uint64_t policy_seed = 0;
 };
 
@@ -201,6 +202,7 @@ void Engine::DrainInbox() {
     seq->tokens = p.request.prompt;
     uint64_t seed = p.request.seed.has_value() ? *p.request.seed : seed_source_();
     seq->rng = Rng(seed);
+    seq->sample_seed = seed;
     seq->policy_seed = seed ^ 0x9e3779b97f4a7c15ull;
     seq->req = std::move(p.request);
     seq->callback = std::move(p.callback);
@@ -240,6 +242,7 @@ void Engine::Finish(Sequence* seq, FinishReason reason, absl::Status status) {
     out.usage.compression_ratio =
         usage->kvs_held > 0 ? static_cast<double>(usage->kvs_uncompressed) / usage->kvs_held : 1.0;
     KVC_CHECK_OK(kv_->FreeSequence(seq->id));
+    executor_->ForgetSequence(seq->id);
     seq->in_kv = false;
   }
   absl::Time now = absl::Now();
@@ -279,6 +282,7 @@ void Engine::Preempt(Sequence* seq) {
                  << " tokens) by recompute";
   if (seq->in_kv) {
     KVC_CHECK_OK(kv_->FreeSequence(seq->id));
+    executor_->ForgetSequence(seq->id);
     seq->in_kv = false;
   }
   kv_->RecordPreemption();
@@ -320,9 +324,25 @@ int64_t Engine::Compress(Sequence* seq, CompressionTrigger trigger) {
   auto evict = kv_->EvictBlocksForBudget(seq->id, seq->req.compression);
   KVC_CHECK_OK(evict.status());
   if (*evict <= 0) return 0;
-  auto plan = PlanSequenceEviction(*kv_, seq->id, executor_->slot_reader(), *evict,
-                                   seq->req.compression.constraints, seq->policy_seed,
-                                   *policies_.at(seq->req.policy));
+  absl::StatusOr<EvictionPlan> plan;
+  if (seq->req.policy == CompressionPolicyKind::kKvCompress && executor_->evicts_on_device()) {
+    // Selection and compaction where the scores live; only per-head block counts come back.
+    const SequenceBlockTables* tables = kv_->Tables(seq->id);
+    auto usage = kv_->Usage(seq->id);
+    KVC_CHECK_OK(usage.status());
+    auto counts =
+        executor_->EvictOnDevice(*tables, usage->tokens, *evict, seq->req.compression.constraints);
+    if (counts.ok()) {
+      plan = PlanFromBlockCounts(kv_->layout(), *tables, *counts);
+      if (plan.ok()) plan->blocks_requested = *evict;
+    } else {
+      plan = counts.status();
+    }
+  } else {
+    plan = PlanSequenceEviction(*kv_, seq->id, executor_->slot_reader(), *evict,
+                                seq->req.compression.constraints, seq->policy_seed,
+                                *policies_.at(seq->req.policy));
+  }
   if (!plan.ok()) {
     KVC_LOG(ERROR) << "compression plan for " << seq->req.request_id
                    << " failed: " << plan.status();
@@ -465,6 +485,18 @@ bool Engine::Step() {
   }
   std::vector<Sequence*> order = prefill;
   order.insert(order.end(), decode.begin(), decode.end());
+  // Sampling in the executor (one device->host copy of the tokens instead of the logits).
+  const bool executor_samples = executor_->samples_tokens();
+  if (executor_samples) {
+    batch.return_logits = false;
+    for (size_t i = 0; i < order.size(); ++i) {
+      ForwardSequence& f = batch.seqs[i];
+      f.sample = true;
+      f.sampling = order[i]->req.sampling;
+      f.sample_seed = order[i]->sample_seed;
+      f.sample_counter = static_cast<uint64_t>(order[i]->num_generated);
+    }
+  }
   if (!batch.seqs.empty()) {
     ForwardOutput out;
     absl::Status st = executor_->Forward(batch, &out);
@@ -476,8 +508,13 @@ bool Engine::Step() {
       const int32_t vocab = out.vocab_size;
       for (size_t i = 0; i < order.size(); ++i) {
         Sequence* s = order[i];
-        std::span<const float> row(out.logits.data() + i * vocab, vocab);
-        int32_t tok = SampleToken(row, s->req.sampling, &s->rng);
+        int32_t tok;
+        if (executor_samples) {
+          tok = out.tokens[i];
+        } else {
+          std::span<const float> row(out.logits.data() + i * vocab, vocab);
+          tok = SampleToken(row, s->req.sampling, &s->rng);
+        }
         s->tokens.push_back(tok);
         s->num_generated++;
         if (!s->first_token) s->first_token = absl::Now();

@@ -35,6 +35,12 @@ absl::Status ValidateForwardBatch(const ForwardBatch& batch, const ModelConfig& 
       }
     }
     if (s.score_queries < 0) return bad(absl::StrCat("score_queries ", s.score_queries, " < 0"));
+    if (s.sample) {
+      const absl::Status st = ValidateSamplingOptions(s.sampling);
+      if (!st.ok()) return bad(absl::StrCat("sampling: ", st.message()));
+    } else if (!batch.return_logits && !s.all_logits) {
+      return bad("return_logits is false but the sequence neither samples nor asks for all_logits");
+    }
     if (s.tables == nullptr) return bad("tables is null");
     if (static_cast<int32_t>(s.tables->heads.size()) != layout.heads_per_seq()) {
       return bad(absl::StrCat("tables has ", s.tables->heads.size(), " heads, expected ",

@@ -101,6 +101,11 @@ class Executor {
   // the plan are reused.
   virtual absl::Status MoveKvs(std::span<const KvMove> moves) = 0;
 
+  // The engine ended or preempted sequence `seq_id` (its blocks went back to the pool): drop any
+  // per-sequence state (e.g. a device mirror of its block tables). A later Forward() may reuse the
+  // id. Optional: executors without such state ignore it.
+  virtual void ForgetSequence(int64_t seq_id) {}
+
   // True when Forward() honours ForwardSequence::sample (the engine then samples there and skips
   // the logits download); false: the engine samples on the host from the logits.
   virtual bool samples_tokens() const { return false; }
