@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <map>
@@ -161,6 +162,9 @@ absl::StatusOr<std::unique_ptr<CudaExecutor::State>> NewState(const ModelConfig&
   KVC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device), "cudaSetDevice");
 
   auto s = std::make_unique<CudaExecutor::State>();
+  if (const char* g = std::getenv("KVC_CUDA_GRAPHS"); g != nullptr && std::string(g) == "0") {
+    s->use_graphs = false;
+  }
   s->config = c;
   s->device = device;
   s->sms = kernels::CurrentDeviceSmCount();
@@ -437,8 +441,9 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   for (int32_t i = 0; i < nP; ++i) {
     max_q_len = std::max<int32_t>(max_q_len, static_cast<int32_t>(cu[i + 1] - cu[i]));
   }
-  // Rows that return logits, in batch order.
-  std::vector<int32_t> out_rows;
+  // Rows that return logits, in batch order; out_rows_of_seq[b]: the logits row of sequence b's
+  // last token (the one it samples from).
+  std::vector<int32_t> out_rows, out_rows_of_seq(nb);
   for (size_t b = 0; b < nb; ++b) {
     const int32_t i = inv[b];
     if (batch.seqs[b].all_logits) {
@@ -446,14 +451,21 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
     } else {
       out_rows.push_back(static_cast<int32_t>(cu[i + 1] - 1));
     }
+    out_rows_of_seq[b] = static_cast<int32_t>(out_rows.size()) - 1;
   }
   const int32_t O = static_cast<int32_t>(out_rows.size());
 
-  // ---- host metadata: ids, positions, cu, out rows, per-layer tables ----
+  // ---- block tables: the incremental device mirror, or a full upload when it does not fit ----
+  ++s.forward_calls;
+  ASSIGN_OR_RETURN(const bool mirrored, s.UpdateMirror(batch, order));
+  const int32_t LH = L * H;
   int64_t total_blocks = 0;
-  for (int32_t i = 0; i < S; ++i) {
-    for (const HeadBlockTable& t : batch.seqs[order[i]].tables->heads) {
-      total_blocks += static_cast<int64_t>(t.blocks.size());
+  if (!mirrored) {
+    ++s.full_table_uploads;
+    for (int32_t i = 0; i < S; ++i) {
+      for (const HeadBlockTable& t : batch.seqs[order[i]].tables->heads) {
+        total_blocks += static_cast<int64_t>(t.blocks.size());
+      }
     }
   }
   const int64_t n_heads = static_cast<int64_t>(L) * S * H;
@@ -479,16 +491,26 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   std::vector<int32_t> max_all(L, 0), max_p(L, 0), max_d0(L, 0), max_d1(L, 0);
   {
     int64_t at = 0;
-    for (int32_t l = 0; l < L; ++l) {
-      for (int32_t i = 0; i < S; ++i) {
-        const SequenceBlockTables& st = *batch.seqs[order[i]].tables;
+    for (int32_t i = 0; i < S; ++i) {
+      const SequenceBlockTables& st = *batch.seqs[order[i]].tables;
+      const int64_t slot_base =
+          mirrored ? static_cast<int64_t>(s.mirror.at(batch.seqs[order[i]].seq_id).slot) * LH *
+                         s.mirror_cap
+                   : 0;
+      for (int32_t l = 0; l < L; ++l) {
         for (int32_t j = 0; j < H; ++j) {
-          const HeadBlockTable& t = st.heads[s.layout.HeadIndex(l, j)];
+          const int32_t head = s.layout.HeadIndex(l, j);
+          const HeadBlockTable& t = st.heads[head];
           const int64_t hi = (static_cast<int64_t>(l) * S + i) * H + j;
-          mh[off_toff + hi] = static_cast<int32_t>(at);
+          if (mirrored) {
+            mh[off_toff + hi] =
+                static_cast<int32_t>(slot_base + static_cast<int64_t>(head) * s.mirror_cap);
+          } else {
+            mh[off_toff + hi] = static_cast<int32_t>(at);
+            std::memcpy(mh + off_blocks + at, t.blocks.data(), sizeof(int32_t) * t.blocks.size());
+            at += static_cast<int64_t>(t.blocks.size());
+          }
           mh[off_nkv + hi] = t.num_kvs;
-          std::memcpy(mh + off_blocks + at, t.blocks.data(), sizeof(int32_t) * t.blocks.size());
-          at += static_cast<int64_t>(t.blocks.size());
           max_all[l] = std::max(max_all[l], t.num_kvs);
           int32_t& grp = i < nP ? max_p[l] : (i < nP + nD0 ? max_d0[l] : max_d1[l]);
           grp = std::max(grp, t.num_kvs);
@@ -519,6 +541,24 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
       runs.push_back(std::move(r));
     }
     i = j;
+  }
+  // A decode-only step over mirrored tables replays a CUDA graph captured for its shape: the
+  // lengths and block ids it reads live in device arrays, and the host-side bounds (the decode
+  // split plans and the tables' max_num_kvs) are rounded up to a power of two so that one graph
+  // serves many steps.
+  const bool graph_step = s.use_graphs && mirrored && nP == 0;
+  if (graph_step) {
+    auto bucket = [](const std::vector<int32_t>& m) {
+      int32_t x = 16;
+      for (int32_t v : m) {
+        while (x < v) x *= 2;
+      }
+      return x;
+    };
+    const int32_t b0 = nD0 > 0 ? bucket(max_d0) : 0, b1 = nD1 > 0 ? bucket(max_d1) : 0;
+    std::fill(max_d0.begin(), max_d0.end(), b0);
+    std::fill(max_d1.begin(), max_d1.end(), b1);
+    std::fill(max_all.begin(), max_all.end(), std::max(b0, b1));
   }
   // Decode plans and the shared attention workspace.
   std::vector<kernels::DecodeAttentionPlan> plan_d0(L), plan_d1(L);
@@ -553,13 +593,19 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   RETURN_IF_ERROR(s.lnin.Reserve(bf(static_cast<size_t>(O) * h), "final norm"));
   const size_t logits_bytes = static_cast<size_t>(O) * s.vocab * sizeof(float);
   RETURN_IF_ERROR(s.logits.Reserve(logits_bytes, "logits"));
-  RETURN_IF_ERROR(s.logits_host.Reserve(logits_bytes, "logits (host)"));
   RETURN_IF_ERROR(s.ws.Reserve(static_cast<size_t>(ws_bytes), "attention workspace"));
-  try {
-    out->logits.resize(static_cast<size_t>(O) * s.vocab);
-  } catch (const std::bad_alloc&) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("Forward: cannot allocate ", O, " rows of logits"));
+  RETURN_IF_ERROR(s.PrepareSampling(batch, out_rows_of_seq));
+  const bool want_logits = batch.return_logits || s.sample_on_host ||
+                           std::any_of(batch.seqs.begin(), batch.seqs.end(),
+                                       [](const ForwardSequence& f) { return f.all_logits; });
+  if (want_logits) {
+    RETURN_IF_ERROR(s.logits_host.Reserve(logits_bytes, "logits (host)"));
+    try {
+      out->logits.resize(static_cast<size_t>(O) * s.vocab);
+    } catch (const std::bad_alloc&) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("Forward: cannot allocate ", O, " rows of logits"));
+    }
   }
 
   cudaStream_t stream = s.stream;
@@ -574,7 +620,7 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   const int32_t* d_out = d_meta + off_out;
   const int32_t* d_toff = d_meta + off_toff;
   const int32_t* d_nkv = d_meta + off_nkv;
-  const int32_t* d_blocks = d_meta + off_blocks;
+  const int32_t* d_blocks = mirrored ? s.mirror_blocks.as<int32_t>() : d_meta + off_blocks;
 
   float* res = s.res.as<float>();
   Bf16* normed = s.normed.as<Bf16>();
@@ -585,18 +631,6 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   const int64_t attn_w = static_cast<int64_t>(s.hq) * kd;
   const kernels::PagedKvCache cache = s.Cache();
 
-  // The residual stream stays fp32 (embedding rows widened; o_proj and down_proj accumulate
-  // into it); only GEMM inputs are rounded to bf16.
-  {
-    kernels::GatherRowsF32Params gp;
-    gp.rows = T;
-    gp.dim = h;
-    gp.src_bf16 = s.embed.as<Bf16>();
-    gp.src_rows = s.vocab;
-    gp.index = d_ids;
-    gp.out = res;
-    RETURN_IF_ERROR(kernels::GatherRowsF32(gp, sh));
-  }
   auto rms_norm = [&](const float* x, const DevBuf& weight, Bf16* o, int32_t nrows) {
     kernels::RmsNormF32Params np;
     np.rows = nrows;
@@ -626,133 +660,365 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
     return t;
   };
 
-  for (int32_t l = 0; l < L; ++l) {
-    const State::Layer& lw = s.layers[l];
-    RETURN_IF_ERROR(rms_norm(res, lw.input_norm, normed, T));
-    RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.qkv, lw.has_qkv_bias ? &lw.qkv_bias : nullptr, s.qkv_w,
-                           qkv, s.qkv_w, T, false));
+  // Everything from the embedding to the logits: launched directly, or captured into a graph.
+  auto enqueue = [&]() -> absl::Status {
+    // The residual stream stays fp32 (embedding rows widened; o_proj and down_proj accumulate
+    // into it); only GEMM inputs are rounded to bf16.
     {
-      kernels::RopeParams rp;
-      rp.num_tokens = T;
-      rp.num_heads = s.hq + H;
-      rp.head_dim = kd;
-      rp.x = qkv;
-      rp.stride = s.qkv_w;
-      rp.first_head_offset = 0;
-      rp.positions = d_pos;
-      rp.inv_freq = s.inv_freq.as<float>();
-      RETURN_IF_ERROR(kernels::Rope(rp, sh));
+      kernels::GatherRowsF32Params gp;
+      gp.rows = T;
+      gp.dim = h;
+      gp.src_bf16 = s.embed.as<Bf16>();
+      gp.src_rows = s.vocab;
+      gp.index = d_ids;
+      gp.out = res;
+      RETURN_IF_ERROR(kernels::GatherRowsF32(gp, sh));
     }
+    for (int32_t l = 0; l < L; ++l) {
+      const State::Layer& lw = s.layers[l];
+      RETURN_IF_ERROR(rms_norm(res, lw.input_norm, normed, T));
+      RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.qkv, lw.has_qkv_bias ? &lw.qkv_bias : nullptr,
+                             s.qkv_w, qkv, s.qkv_w, T, false));
+      {
+        kernels::RopeParams rp;
+        rp.num_tokens = T;
+        rp.num_heads = s.hq + H;
+        rp.head_dim = kd;
+        rp.x = qkv;
+        rp.stride = s.qkv_w;
+        rp.first_head_offset = 0;
+        rp.positions = d_pos;
+        rp.inv_freq = s.inv_freq.as<float>();
+        RETURN_IF_ERROR(kernels::Rope(rp, sh));
+      }
+      {
+        kernels::KvAppendParams ap;
+        ap.cache = cache;
+        ap.tables = tables(l, 0, S, max_all[l]);
+        ap.num_tokens = T;
+        ap.cu_tokens = d_cu;
+        ap.token_positions = d_pos;
+        ap.k = qkv + static_cast<int64_t>(s.hq) * kd;
+        ap.k_stride = s.qkv_w;
+        ap.v = qkv + static_cast<int64_t>(s.hq + H) * kd;
+        ap.v_stride = s.qkv_w;
+        RETURN_IF_ERROR(kernels::AppendKv(ap, sh));
+      }
+      if (nP > 0) {
+        kernels::PrefillAttentionParams pp;
+        pp.cache = cache;
+        pp.tables = tables(l, 0, nP, max_p[l]);
+        pp.num_q_heads = s.hq;
+        pp.scale = s.scale;
+        pp.num_tokens = static_cast<int32_t>(cu[nP]);
+        pp.max_q_len = max_q_len;
+        pp.cu_q = d_cu;
+        pp.q_positions = d_pos;
+        pp.q = qkv;
+        pp.q_stride = s.qkv_w;
+        pp.out = attn;
+        pp.out_stride = attn_w;
+        pp.lse = lse;
+        RETURN_IF_ERROR(kernels::PrefillAttention(pp, sh));
+        for (const WindowRun& r : runs) {
+          kernels::WindowScoreParams wp;
+          wp.cache = cache;
+          wp.tables = tables(l, r.first, r.count, r.max_kvs[l]);
+          wp.num_q_heads = s.hq;
+          wp.scale = s.scale;
+          wp.window = r.window;
+          wp.pool_kernel = r.pool;
+          wp.cu_q = d_cu + r.first;
+          wp.q_positions = d_pos;
+          wp.q = qkv;
+          wp.q_stride = s.qkv_w;
+          wp.lse = lse;
+          wp.workspace = s.ws.as<void>();
+          wp.workspace_bytes = static_cast<int64_t>(s.ws.bytes());
+          RETURN_IF_ERROR(kernels::AccumulateWindowScores(wp, sh));
+        }
+      }
+      auto decode = [&](int32_t first, int32_t count, int32_t max_kvs,
+                        const kernels::DecodeAttentionPlan& plan, bool scores) {
+        kernels::DecodeAttentionParams dp;
+        dp.cache = cache;
+        dp.tables = tables(l, first, count, max_kvs);
+        dp.num_q_heads = s.hq;
+        dp.scale = s.scale;
+        dp.q = qkv + cu[first] * s.qkv_w;
+        dp.q_stride = s.qkv_w;
+        dp.out = attn + cu[first] * attn_w;
+        dp.out_stride = attn_w;
+        dp.accumulate_scores = scores;
+        dp.num_splits = plan.num_splits;
+        dp.chunk_size = plan.chunk_size;
+        dp.workspace = s.ws.as<void>();
+        dp.workspace_bytes = static_cast<int64_t>(s.ws.bytes());
+        return kernels::DecodeAttention(dp, sh);
+      };
+      if (nD0 > 0) RETURN_IF_ERROR(decode(nP, nD0, max_d0[l], plan_d0[l], false));
+      if (nD1 > 0) RETURN_IF_ERROR(decode(nP + nD0, nD1, max_d1[l], plan_d1[l], true));
+
+      RETURN_IF_ERROR(s.Gemm(attn, attn_w, attn_w, lw.o, nullptr, h, res, h, T, true, true));
+      if (lw.has_o_bias) RETURN_IF_ERROR(add_bias(lw.o_bias));
+      RETURN_IF_ERROR(rms_norm(res, lw.post_norm, normed, T));
+      RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.gate_up, lw.has_mlp_bias ? &lw.gate_up_bias : nullptr,
+                             2 * s.imp, mlp, 2 * s.imp, T, false));
+      {
+        kernels::SwiGluParams sp;
+        sp.rows = T;
+        sp.dim = s.imp;
+        sp.gate = mlp;
+        sp.gate_stride = 2 * s.imp;
+        sp.up = mlp + s.imp;
+        sp.up_stride = 2 * s.imp;
+        sp.out = mlp;
+        sp.out_stride = 2 * s.imp;
+        RETURN_IF_ERROR(kernels::SwiGlu(sp, sh));
+      }
+      RETURN_IF_ERROR(s.Gemm(mlp, 2 * s.imp, s.imp, lw.down, nullptr, h, res, h, T, true, true));
+      if (lw.has_mlp_bias) RETURN_IF_ERROR(add_bias(lw.down_bias));
+    }
+
+    // Final norm on the rows that return logits, then the LM head (fp32 out).
     {
-      kernels::KvAppendParams ap;
-      ap.cache = cache;
-      ap.tables = tables(l, 0, S, max_all[l]);
-      ap.num_tokens = T;
-      ap.cu_tokens = d_cu;
-      ap.token_positions = d_pos;
-      ap.k = qkv + static_cast<int64_t>(s.hq) * kd;
-      ap.k_stride = s.qkv_w;
-      ap.v = qkv + static_cast<int64_t>(s.hq + H) * kd;
-      ap.v_stride = s.qkv_w;
-      RETURN_IF_ERROR(kernels::AppendKv(ap, sh));
+      kernels::GatherRowsF32Params gp;
+      gp.rows = O;
+      gp.dim = h;
+      gp.src_f32 = res;
+      gp.src_rows = T;
+      gp.index = d_out;
+      gp.out = s.g_res.as<float>();
+      RETURN_IF_ERROR(kernels::GatherRowsF32(gp, sh));
     }
-    if (nP > 0) {
-      kernels::PrefillAttentionParams pp;
-      pp.cache = cache;
-      pp.tables = tables(l, 0, nP, max_p[l]);
-      pp.num_q_heads = s.hq;
-      pp.scale = s.scale;
-      pp.num_tokens = static_cast<int32_t>(cu[nP]);
-      pp.max_q_len = max_q_len;
-      pp.cu_q = d_cu;
-      pp.q_positions = d_pos;
-      pp.q = qkv;
-      pp.q_stride = s.qkv_w;
-      pp.out = attn;
-      pp.out_stride = attn_w;
-      pp.lse = lse;
-      RETURN_IF_ERROR(kernels::PrefillAttention(pp, sh));
-      for (const WindowRun& r : runs) {
-        kernels::WindowScoreParams wp;
-        wp.cache = cache;
-        wp.tables = tables(l, r.first, r.count, r.max_kvs[l]);
-        wp.num_q_heads = s.hq;
-        wp.scale = s.scale;
-        wp.window = r.window;
-        wp.pool_kernel = r.pool;
-        wp.cu_q = d_cu + r.first;
-        wp.q_positions = d_pos;
-        wp.q = qkv;
-        wp.q_stride = s.qkv_w;
-        wp.lse = lse;
-        wp.workspace = s.ws.as<void>();
-        wp.workspace_bytes = static_cast<int64_t>(s.ws.bytes());
-        RETURN_IF_ERROR(kernels::AccumulateWindowScores(wp, sh));
+    RETURN_IF_ERROR(rms_norm(s.g_res.as<float>(), s.final_norm, s.lnin.as<Bf16>(), O));
+    const DevBuf& head = s.config.tie_word_embeddings ? s.embed : s.lm_head;
+    RETURN_IF_ERROR(s.Gemm(s.lnin.as<Bf16>(), h, h, head, nullptr, s.vocab, s.logits.as<float>(),
+                           s.vocab, O, true));
+    return s.EnqueueSampling(O);
+  };
+
+  if (graph_step) {
+    // The key: everything the captured launches depend on besides device-array contents.
+    std::vector<int64_t> key = {S,
+                                nD0,
+                                nD1,
+                                O,
+                                T,
+                                max_d0[0],
+                                max_d1[0],
+                                ws_bytes,
+                                reinterpret_cast<int64_t>(d_meta),
+                                reinterpret_cast<int64_t>(d_blocks),
+                                reinterpret_cast<int64_t>(res),
+                                reinterpret_cast<int64_t>(normed),
+                                reinterpret_cast<int64_t>(qkv),
+                                reinterpret_cast<int64_t>(attn),
+                                reinterpret_cast<int64_t>(mlp),
+                                reinterpret_cast<int64_t>(s.g_res.as<void>()),
+                                reinterpret_cast<int64_t>(s.lnin.as<void>()),
+                                reinterpret_cast<int64_t>(s.logits.as<void>()),
+                                reinterpret_cast<int64_t>(s.ws.as<void>()),
+                                s.sample_rows};
+    auto it = s.graphs.find(key);
+    if (it == s.graphs.end()) {
+      if (s.graphs.size() >= 64) {  // evict the least recently used graph
+        auto lru = s.graphs.begin();
+        for (auto g = s.graphs.begin(); g != s.graphs.end(); ++g) {
+          if (g->second.last_used < lru->second.last_used) lru = g;
+        }
+        cudaGraphExecDestroy(lru->second.exec);
+        s.graphs.erase(lru);
+      }
+      cudaGraph_t graph = nullptr;
+      KVC_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal),
+                               "cudaStreamBeginCapture");
+      const absl::Status enq = enqueue();
+      const cudaError_t end = cudaStreamEndCapture(stream, &graph);
+      if (!enq.ok()) {
+        if (graph != nullptr) cudaGraphDestroy(graph);
+        return enq;
+      }
+      KVC_CUDA_RETURN_IF_ERROR(end, "cudaStreamEndCapture");
+      cudaGraphExec_t exec = nullptr;
+      const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+      cudaGraphDestroy(graph);
+      KVC_CUDA_RETURN_IF_ERROR(inst, "cudaGraphInstantiate");
+      it = s.graphs.emplace(std::move(key), State::GraphEntry{exec, 0}).first;
+      ++s.graph_captures;
+    }
+    it->second.last_used = s.forward_calls;
+    KVC_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second.exec, stream), "cudaGraphLaunch");
+    ++s.graph_launches;
+  } else {
+    RETURN_IF_ERROR(enqueue());
+  }
+
+  if (want_logits) {
+    KVC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.logits_host.as<void>(), s.logits.as<void>(),
+                                             logits_bytes, cudaMemcpyDeviceToHost, stream),
+                             "logits download");
+  }
+  RETURN_IF_ERROR(s.DownloadSampledTokens());
+  KVC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "Forward");
+  if (want_logits) std::memcpy(out->logits.data(), s.logits_host.as<float>(), logits_bytes);
+  RETURN_IF_ERROR(s.FinishSampledTokens(batch, out_rows_of_seq, out));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> CudaExecutor::State::UpdateMirror(const ForwardBatch& batch,
+                                                       const std::vector<int32_t>& order) {
+  const int32_t LH = layout.heads_per_seq();
+  const int32_t S = static_cast<int32_t>(order.size());
+  if (mirror_limit_bytes <= 0) return false;
+  int64_t need_cap = 1;
+  for (const ForwardSequence& f : batch.seqs) {
+    for (const HeadBlockTable& t : f.tables->heads) {
+      need_cap = std::max<int64_t>(need_cap, static_cast<int64_t>(t.blocks.size()));
+    }
+  }
+  auto arena_bytes = [&](int64_t slots, int64_t cap) {
+    return slots * LH * cap * static_cast<int64_t>(sizeof(int32_t));
+  };
+  auto reset = [&](int32_t slots, int32_t cap) -> absl::Status {
+    mirror.clear();
+    free_slots.clear();
+    mirror_blocks.Free();
+    RETURN_IF_ERROR(mirror_blocks.Reserve(arena_bytes(slots, cap), "block-table mirror"));
+    mirror_slots = slots;
+    mirror_cap = cap;
+    for (int32_t i = slots - 1; i >= 0; --i) free_slots.push_back(i);
+    return absl::OkStatus();
+  };
+  if (need_cap > mirror_cap) {
+    int64_t cap = 16;
+    while (cap < need_cap) cap *= 2;
+    const int64_t slots = std::max<int64_t>({mirror_slots, S, 8});
+    if (arena_bytes(slots, cap) > mirror_limit_bytes ||
+        slots * LH * cap > std::numeric_limits<int32_t>::max()) {
+      return false;
+    }
+    RETURN_IF_ERROR(reset(static_cast<int32_t>(slots), static_cast<int32_t>(cap)));
+  }
+  // A slot for every sequence of the batch: free ones first, then the least recently used
+  // sequences that are not in this batch, then a larger arena (contents copied over).
+  std::vector<int64_t> in_batch;
+  for (const ForwardSequence& f : batch.seqs) in_batch.push_back(f.seq_id);
+  std::sort(in_batch.begin(), in_batch.end());
+  for (const ForwardSequence& f : batch.seqs) {
+    if (mirror.count(f.seq_id)) continue;
+    if (free_slots.empty()) {
+      auto victim = mirror.end();
+      for (auto it = mirror.begin(); it != mirror.end(); ++it) {
+        if (std::binary_search(in_batch.begin(), in_batch.end(), it->first)) continue;
+        if (victim == mirror.end() || it->second.last_used < victim->second.last_used) victim = it;
+      }
+      if (victim != mirror.end()) {
+        free_slots.push_back(victim->second.slot);
+        mirror.erase(victim);
       }
     }
-    auto decode = [&](int32_t first, int32_t count, int32_t max_kvs,
-                      const kernels::DecodeAttentionPlan& plan, bool scores) {
-      kernels::DecodeAttentionParams dp;
-      dp.cache = cache;
-      dp.tables = tables(l, first, count, max_kvs);
-      dp.num_q_heads = s.hq;
-      dp.scale = s.scale;
-      dp.q = qkv + cu[first] * s.qkv_w;
-      dp.q_stride = s.qkv_w;
-      dp.out = attn + cu[first] * attn_w;
-      dp.out_stride = attn_w;
-      dp.accumulate_scores = scores;
-      dp.num_splits = plan.num_splits;
-      dp.chunk_size = plan.chunk_size;
-      dp.workspace = s.ws.as<void>();
-      dp.workspace_bytes = static_cast<int64_t>(s.ws.bytes());
-      return kernels::DecodeAttention(dp, sh);
-    };
-    if (nD0 > 0) RETURN_IF_ERROR(decode(nP, nD0, max_d0[l], plan_d0[l], false));
-    if (nD1 > 0) RETURN_IF_ERROR(decode(nP + nD0, nD1, max_d1[l], plan_d1[l], true));
-
-    RETURN_IF_ERROR(s.Gemm(attn, attn_w, attn_w, lw.o, nullptr, h, res, h, T, true, true));
-    if (lw.has_o_bias) RETURN_IF_ERROR(add_bias(lw.o_bias));
-    RETURN_IF_ERROR(rms_norm(res, lw.post_norm, normed, T));
-    RETURN_IF_ERROR(s.Gemm(normed, h, h, lw.gate_up, lw.has_mlp_bias ? &lw.gate_up_bias : nullptr,
-                           2 * s.imp, mlp, 2 * s.imp, T, false));
-    {
-      kernels::SwiGluParams sp;
-      sp.rows = T;
-      sp.dim = s.imp;
-      sp.gate = mlp;
-      sp.gate_stride = 2 * s.imp;
-      sp.up = mlp + s.imp;
-      sp.up_stride = 2 * s.imp;
-      sp.out = mlp;
-      sp.out_stride = 2 * s.imp;
-      RETURN_IF_ERROR(kernels::SwiGlu(sp, sh));
+    if (free_slots.empty()) {
+      const int64_t slots = std::max<int64_t>(2 * mirror_slots, 8);
+      if (arena_bytes(slots, mirror_cap) > mirror_limit_bytes ||
+          slots * LH * mirror_cap > std::numeric_limits<int32_t>::max()) {
+        return false;
+      }
+      DevBuf bigger;
+      RETURN_IF_ERROR(bigger.Reserve(arena_bytes(slots, mirror_cap), "block-table mirror"));
+      KVC_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(bigger.as<void>(), mirror_blocks.as<void>(),
+                          arena_bytes(mirror_slots, mirror_cap), cudaMemcpyDeviceToDevice, stream),
+          "block-table mirror growth");
+      KVC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "block-table mirror growth");
+      mirror_blocks = std::move(bigger);
+      for (int32_t i = static_cast<int32_t>(slots) - 1; i >= mirror_slots; --i) {
+        free_slots.push_back(i);
+      }
+      mirror_slots = static_cast<int32_t>(slots);
     }
-    RETURN_IF_ERROR(s.Gemm(mlp, 2 * s.imp, s.imp, lw.down, nullptr, h, res, h, T, true, true));
-    if (lw.has_mlp_bias) RETURN_IF_ERROR(add_bias(lw.down_bias));
+    MirrorSeq m;
+    m.slot = free_slots.back();
+    free_slots.pop_back();
+    m.shadow.assign(LH, {});
+    mirror.emplace(f.seq_id, std::move(m));
   }
+  // Changed entries as (index, value) pairs. Between calls a head's list normally only grows or
+  // shrinks at its tail (KvManager appends; eviction frees tail blocks); the first and the last
+  // common entries are checked, and a head that changed otherwise is re-sent whole.
+  std::vector<int32_t>& pairs = patch_pairs;
+  pairs.clear();
+  for (const ForwardSequence& f : batch.seqs) {
+    MirrorSeq& m = mirror.at(f.seq_id);
+    m.last_used = forward_calls;
+    const int64_t base = static_cast<int64_t>(m.slot) * LH * mirror_cap;
+    for (int32_t hd = 0; hd < LH; ++hd) {
+      const std::vector<int32_t>& blocks = f.tables->heads[hd].blocks;
+      std::vector<int32_t>& shadow = m.shadow[hd];
+      const size_t common = std::min(blocks.size(), shadow.size());
+      size_t from = common;
+      if (common > 0 && (shadow[0] != blocks[0] || shadow[common - 1] != blocks[common - 1])) {
+        from = 0;
+      }
+      shadow.resize(blocks.size());
+      for (size_t k = from; k < blocks.size(); ++k) {
+        shadow[k] = blocks[k];
+        pairs.push_back(static_cast<int32_t>(base + static_cast<int64_t>(hd) * mirror_cap + k));
+        pairs.push_back(blocks[k]);
+      }
+    }
+  }
+  if (!pairs.empty()) {
+    const int32_t n = static_cast<int32_t>(pairs.size() / 2);
+    RETURN_IF_ERROR(patch_host.Reserve(pairs.size() * sizeof(int32_t), "mirror patch (host)"));
+    RETURN_IF_ERROR(patch.Reserve(pairs.size() * sizeof(int32_t), "mirror patch"));
+    std::memcpy(patch_host.as<void>(), pairs.data(), pairs.size() * sizeof(int32_t));
+    KVC_CUDA_RETURN_IF_ERROR(
+        cudaMemcpyAsync(patch.as<void>(), patch_host.as<void>(), pairs.size() * sizeof(int32_t),
+                        cudaMemcpyHostToDevice, stream),
+        "mirror patch upload");
+    kernels::ScatterInt32Params sp;
+    sp.out = mirror_blocks.as<int32_t>();
+    sp.out_size = static_cast<int64_t>(mirror_slots) * LH * mirror_cap;
+    sp.pairs = patch.as<int32_t>();
+    sp.num_pairs = n;
+    RETURN_IF_ERROR(kernels::ScatterInt32(sp, handle()));
+    mirror_entries_uploaded += n;
+  }
+  return true;
+}
 
-  // Final norm on the rows that return logits, then the LM head (fp32 out).
-  {
-    kernels::GatherRowsF32Params gp;
-    gp.rows = O;
-    gp.dim = h;
-    gp.src_f32 = res;
-    gp.src_rows = T;
-    gp.index = d_out;
-    gp.out = s.g_res.as<float>();
-    RETURN_IF_ERROR(kernels::GatherRowsF32(gp, sh));
-  }
-  RETURN_IF_ERROR(rms_norm(s.g_res.as<float>(), s.final_norm, s.lnin.as<Bf16>(), O));
-  const DevBuf& head = s.config.tie_word_embeddings ? s.embed : s.lm_head;
-  RETURN_IF_ERROR(s.Gemm(s.lnin.as<Bf16>(), h, h, head, nullptr, s.vocab, s.logits.as<float>(),
-                         s.vocab, O, true));
-  KVC_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.logits_host.as<void>(), s.logits.as<void>(),
-                                           logits_bytes, cudaMemcpyDeviceToHost, stream),
-                           "logits download");
-  KVC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "Forward");
-  std::memcpy(out->logits.data(), s.logits_host.as<float>(), logits_bytes);
-  return absl::OkStatus();
+void CudaExecutor::State::ForgetMirror(int64_t seq_id) {
+  auto it = mirror.find(seq_id);
+  if (it == mirror.end()) return;
+  free_slots.push_back(it->second.slot);
+  mirror.erase(it);
+}
+
+void CudaExecutor::ForgetSequence(int64_t seq_id) { s_->ForgetMirror(seq_id); }
+
+void CudaExecutor::set_use_cuda_graphs(bool on) {
+  s_->use_graphs = on;
+  if (!on) s_->ClearGraphs();
+}
+
+void CudaExecutor::set_mirror_limit_bytes(int64_t bytes) {
+  s_->mirror_limit_bytes = bytes;
+  s_->mirror.clear();
+  s_->free_slots.clear();
+  s_->mirror_slots = 0;
+  s_->mirror_cap = 0;
+  s_->mirror_blocks.Free();
+}
+
+CudaExecutor::Stats CudaExecutor::stats() const {
+  Stats st;
+  st.forward_calls = static_cast<int64_t>(s_->forward_calls);
+  st.graph_captures = s_->graph_captures;
+  st.graph_launches = s_->graph_launches;
+  st.mirror_entries_uploaded = s_->mirror_entries_uploaded;
+  st.full_table_uploads = s_->full_table_uploads;
+  return st;
 }
 
 absl::Status CudaExecutor::MoveKvs(std::span<const KvMove> moves) {

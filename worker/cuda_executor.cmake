@@ -20,7 +20,7 @@ target_compile_options(kvc_executor_ops_cuda PRIVATE
 
 kvc_cc_library(
   NAME kvc_cuda_executor
-  SRCS cuda_executor.cc cuda_executor_eviction.cc
+  SRCS cuda_executor.cc cuda_executor_eviction.cc cuda_executor_sampling.cc
   HDRS cuda_executor.h cuda_executor_internal.h executor.h
   DEPS kvc_executor kvc_common kvc_model kvc_kernels_cpu kvc_kvmanager kvc_kernels_cuda kvc_executor_ops_cuda
        absl::status absl::statusor absl::strings CUDA::cudart CUDA::cublasLt)

@@ -98,6 +98,7 @@ class CudaExecutor : public Executor {
   // reads a slot an earlier one writes, or writes a slot an earlier one reads) is split into
   // several launches so the result is that of sequential moves.
   absl::Status MoveKvs(std::span<const KvMove> moves) override;
+  void ForgetSequence(int64_t seq_id) override;
   // Device-side KV-Compress selection + compaction (cuda_executor_eviction.cc).
   bool evicts_on_device() const override;
   absl::StatusOr<std::vector<int32_t>> EvictOnDevice(
@@ -109,6 +110,22 @@ class CudaExecutor : public Executor {
   // Test access: K (or V) row of a slot as floats, the real head_dim elements in the model's
   // order (padding removed). Synchronous device->host copy.
   absl::StatusOr<std::vector<float>> ReadKvRow(int32_t block, int32_t offset, bool value) const;
+
+  // Decode-only steps replay captured CUDA graphs (default on; env KVC_CUDA_GRAPHS=0 turns
+  // them off at Create). Tests and benchmarks compare both paths.
+  void set_use_cuda_graphs(bool on);
+  // Counters for tests and benchmarks.
+  struct Stats {
+    int64_t forward_calls = 0;
+    int64_t graph_captures = 0;
+    int64_t graph_launches = 0;
+    int64_t mirror_entries_uploaded = 0;  // block ids sent by incremental mirror updates
+    int64_t full_table_uploads = 0;       // Forward calls that uploaded whole tables instead
+  };
+  Stats stats() const;
+  // Caps the block-table mirror's device arena (default 1 GiB); beyond it Forward uploads whole
+  // tables each call. 0 disables the mirror (tests of the fallback path).
+  void set_mirror_limit_bytes(int64_t bytes);
 
   struct State;  // device state (cuda_executor.cc)
 

@@ -271,12 +271,70 @@ struct CudaExecutor::State {
   DevBuf k, v, scores, positions;
   DeviceSlotReader reader;
 
+  // ---- Device mirror of the block tables (cuda_executor.cc, Forward) ----
+  // An arena of `mirror_slots` slots x (L·H heads) x `mirror_cap` block ids; a sequence owns one
+  // slot while it is mirrored. Each Forward uploads only what changed since the sequence's last
+  // Forward (new tail blocks; a head whose list changed otherwise is re-uploaded), as (index,
+  // value) pairs scattered on the device. `shadow` holds what the device holds.
+  struct MirrorSeq {
+    int32_t slot = -1;
+    std::vector<std::vector<int32_t>> shadow;  // per head index
+    uint64_t last_used = 0;
+  };
+  std::map<int64_t, MirrorSeq> mirror;
+  std::vector<int32_t> free_slots;
+  int32_t mirror_slots = 0, mirror_cap = 0;
+  DevBuf mirror_blocks, patch;
+  PinnedBuf patch_host;
+  std::vector<int32_t> patch_pairs;
+  uint64_t forward_calls = 0;
+  int64_t mirror_limit_bytes = int64_t{1} << 30;  // larger arenas fall back to full uploads
+  // Statistics (tests, benchmarks): block-id entries uploaded by the mirror / full uploads.
+  int64_t mirror_entries_uploaded = 0, full_table_uploads = 0;
+
+  // ---- CUDA graphs of decode-only steps (cuda_executor.cc) ----
+  // Keyed by the step's shape and the addresses of every buffer the launches use (a reallocated
+  // buffer changes the key; stale graphs age out of the LRU cache).
+  bool use_graphs = true;
+  struct GraphEntry {
+    cudaGraphExec_t exec = nullptr;
+    uint64_t last_used = 0;
+  };
+  std::map<std::vector<int64_t>, GraphEntry> graphs;
+  int64_t graph_launches = 0, graph_captures = 0;
+  void ClearGraphs() {
+    for (auto& [k, g] : graphs) {
+      if (g.exec != nullptr) cudaGraphExecDestroy(g.exec);
+    }
+    graphs.clear();
+  }
+
+  // Brings the mirror up to date for every sequence of `batch` (a slot each, changed entries
+  // uploaded). false: the arena would exceed mirror_limit_bytes; the caller uploads whole tables.
+  absl::StatusOr<bool> UpdateMirror(const ForwardBatch& batch, const std::vector<int32_t>& order);
+  // Drops a sequence's mirror slot (ForgetSequence).
+  void ForgetMirror(int64_t seq_id);
+
+  // ---- Sampling in Forward (cuda_executor_sampling.cc) ----
+  // PrepareSampling decides, per Forward, whether the sequences' `sample` requests run on the
+  // device (sample_rows > 0: per-row parameters uploaded, EnqueueSampling launches the kernel on
+  // the logits, DownloadSampledTokens queues the copy of the tokens) or on the host from the
+  // downloaded logits (sample_on_host). FinishSampledTokens fills ForwardOutput::tokens.
+  int32_t sample_rows = 0;
+  bool sample_on_host = false;
+  absl::Status PrepareSampling(const ForwardBatch& batch, const std::vector<int32_t>& row_of_seq);
+  absl::Status EnqueueSampling(int32_t logits_rows);
+  absl::Status DownloadSampledTokens();
+  absl::Status FinishSampledTokens(const ForwardBatch& batch,
+                                   const std::vector<int32_t>& row_of_seq, ForwardOutput* out);
+
   // Scratch (grown per Forward while the stream is idle).
   DevBuf res, normed, qkv_act, attn, mlp, lse, g_res, lnin, logits, ws, meta, moves;
   PinnedBuf meta_host, logits_host, moves_host;
   size_t rows_cap = 0, out_cap = 0;
 
   ~State() {
+    ClearGraphs();
     gemm_plans.clear();
     if (lt != nullptr) cublasLtDestroy(lt);
     if (stream != nullptr) cudaStreamDestroy(stream);

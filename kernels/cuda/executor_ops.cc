@@ -91,6 +91,17 @@ absl::Status MoveKvSlots(const KvMoveParams& p, StreamHandle stream) {
   return FromCuda(internal::LaunchMoveKvSlots(p, Stream(stream)), "MoveKvSlots");
 }
 
+absl::Status ScatterInt32(const ScatterInt32Params& p, StreamHandle stream) {
+  if (p.num_pairs < 0 || p.out_size < 0) {
+    return absl::InvalidArgumentError("ScatterInt32: num_pairs / out_size < 0");
+  }
+  if (p.num_pairs == 0) return absl::OkStatus();
+  if (p.out == nullptr || p.pairs == nullptr) {
+    return absl::InvalidArgumentError("ScatterInt32: out/pairs is null");
+  }
+  return FromCuda(internal::LaunchScatterInt32(p, Stream(stream)), "ScatterInt32");
+}
+
 absl::Status FillRandomBf16(const FillRandomBf16Params& p, StreamHandle stream) {
   if (p.n < 0) return absl::InvalidArgumentError(absl::StrCat("FillRandomBf16: n ", p.n, " < 0"));
   if (p.n == 0) return absl::OkStatus();

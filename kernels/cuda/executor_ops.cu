@@ -3,6 +3,7 @@
 //   GatherRowsF32Kernel grid (rows), 128 threads: one element per thread-iteration.
 //   RmsNormF32Kernel  grid (rows), 256 threads: block-reduced sum of squares, then the row.
 //   AddBiasF32Kernel  grid-stride over rows * dim.
+//   ScatterInt32Kernel   grid-stride (index, value) writes (block-table mirror updates).
 //   FillRandomBf16Kernel grid-stride fill of random bf16 weights.
 //   MoveKvSlotsKernel grid (num_moves), 64 threads: 16-byte chunks of the K and V rows of one
 //                     move; thread 0 also copies score and position.
@@ -69,6 +70,13 @@ __global__ void AddBiasF32Kernel(const __grid_constant__ AddBiasF32Params p, int
   }
 }
 
+__global__ void __launch_bounds__(256) ScatterInt32Kernel(const __grid_constant__ ScatterInt32Params p) {
+  for (int32_t i = blockIdx.x * 256 + threadIdx.x; i < p.num_pairs; i += 256 * gridDim.x) {
+    const int64_t idx = p.pairs[2 * i];
+    if (idx >= 0 && idx < p.out_size) p.out[idx] = p.pairs[2 * i + 1];
+  }
+}
+
 __global__ void __launch_bounds__(256) FillRandomBf16Kernel(const __grid_constant__ FillRandomBf16Params p) {
   for (int64_t i = blockIdx.x * 256ll + threadIdx.x; i < p.n; i += 256ll * gridDim.x) {
     const __nv_bfloat16 b = __float2bfloat16_rn(FillRandomValue(p.seed, i, p.scale, p.offset));
@@ -121,6 +129,12 @@ cudaError_t LaunchAddBiasF32(const AddBiasF32Params& p, cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(p.rows) * p.dim;
   const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, 4096));
   AddBiasF32Kernel<<<blocks, 256, 0, stream>>>(p, xs);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchScatterInt32(const ScatterInt32Params& p, cudaStream_t stream) {
+  const int blocks = std::min((p.num_pairs + 255) / 256, 4096);
+  ScatterInt32Kernel<<<blocks, 256, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -63,6 +63,15 @@ struct KvMoveParams {
   const int64_t* dst_slots = nullptr;  // [num_moves]
 };
 
+// out[pairs[2 i]] = pairs[2 i + 1] for i < num_pairs (index, value) pairs: incremental updates of
+// the device mirror of the block tables. Indices outside [0, out_size) are skipped.
+struct ScatterInt32Params {
+  int32_t* out = nullptr;
+  int64_t out_size = 0;
+  const int32_t* pairs = nullptr;  // [2 * num_pairs]
+  int32_t num_pairs = 0;
+};
+
 // Fills out[0, n) with bf16 values offset + scale * u, u uniform in [-1, 1) from a counter-based
 // hash of (seed, index): random weights for benchmarks (no host copy of a multi-GB model).
 // Deterministic for a (seed, n); the CPU reference is FillRandomValue() below.
