@@ -44,6 +44,10 @@ class KvSlotReader {
   // Bulk form: offsets [0, count) of `block` into scores[0, count) and positions[0, count).
   // The default calls Score/Position per slot; storage-backed readers override it.
   virtual void ReadBlock(int32_t block, int32_t count, float* scores, int32_t* positions) const;
+  // Hint before a plan reads the blocks of `tables`: a reader over device memory copies them to
+  // the host at once (one transfer instead of one per block). The prefetched values stay valid
+  // until the storage next changes (the executor invalidates them). Default: nothing.
+  virtual void Prefetch(const SequenceBlockTables& tables) const {}
 };
 
 // A reader over flat host arrays laid out [num_blocks, block_size] (the CPU executor's layout and

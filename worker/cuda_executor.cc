@@ -219,7 +219,7 @@ absl::StatusOr<std::unique_ptr<CudaExecutor::State>> NewState(const ModelConfig&
   KVC_CUDA_RETURN_IF_ERROR(cudaMemset(s->positions.as<void>(), 0, slots * sizeof(int32_t)),
                            "memset positions");
   KVC_CUDA_RETURN_IF_ERROR(cudaDeviceSynchronize(), "CudaExecutor setup");
-  s->reader.Init(s->scores.as<float>(), s->positions.as<int32_t>(), block_size, num_blocks, device);
+  s->reader.Init(s->Cache(), device);
   return s;
 }
 
@@ -390,6 +390,7 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   State& s = *s_;
   RETURN_IF_ERROR(ValidateForwardBatch(batch, s.config, s.layout));
   KVC_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device), "cudaSetDevice");
+  s.reader.Invalidate();
   const int32_t L = s.config.num_hidden_layers, H = s.hkv, kd = s.kd, h = s.hidden;
   const size_t nb = batch.seqs.size();
   out->vocab_size = s.vocab;
@@ -1038,6 +1039,7 @@ absl::Status CudaExecutor::MoveKvs(std::span<const KvMove> moves) {
   }
   if (moves.empty()) return absl::OkStatus();
   KVC_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device), "cudaSetDevice");
+  s.reader.Invalidate();
   const size_t n = moves.size();
   RETURN_IF_ERROR(s.moves_host.Reserve(2 * n * sizeof(int64_t), "moves (host)"));
   RETURN_IF_ERROR(s.moves.Reserve(2 * n * sizeof(int64_t), "moves"));

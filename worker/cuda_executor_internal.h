@@ -18,6 +18,7 @@
 #include <memory>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -28,6 +29,8 @@
 #include "kernels/include/kvc/kernels/bf16.h"
 #include "kernels/include/kvc/kernels/cuda_kernels.h"
 #include "kernels/include/kvc/kernels/executor_ops.h"
+#include "kvmanager/eviction_plan.h"
+#include "kvmanager/kv_layout.h"
 #include "worker/cuda_executor.h"
 
 namespace kvc {
@@ -162,28 +165,31 @@ inline int32_t StorageHeadDim(int32_t d) {
 
 inline int64_t RoundUp(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// Reads scores and positions from the device, one synchronous copy per call.
+// Reads scores and positions from the device. Prefetch(tables) gathers all blocks of a sequence
+// with one kernel and one copy into a host cache that ReadBlock then serves; other reads are one
+// synchronous copy each. The executor calls Invalidate() whenever the storage changes.
 class DeviceSlotReader final : public KvSlotReader {
  public:
   DeviceSlotReader() = default;
-  void Init(const float* scores, const int32_t* positions, int32_t block_size, int64_t num_blocks,
-            int device) {
-    scores_ = scores;
-    positions_ = positions;
-    block_size_ = block_size;
-    num_blocks_ = num_blocks;
+  void Init(const kernels::PagedKvCache& cache, int device) {
+    cache_ = cache;
     device_ = device;
   }
+  void Invalidate() { index_.clear(); }
   float Score(int32_t block, int32_t offset) const override {
     float v = std::numeric_limits<float>::quiet_NaN();
+    int32_t p = -1;
     if (!InRange(block, offset, 1)) return v;
-    Copy(&v, scores_ + Index(block, offset), sizeof(float));
+    if (Cached(block, offset, 1, &v, &p)) return v;
+    Copy(&v, cache_.scores + Index(block, offset), sizeof(float));
     return v;
   }
   int32_t Position(int32_t block, int32_t offset) const override {
+    float s = 0;
     int32_t v = -1;
     if (!InRange(block, offset, 1)) return v;
-    Copy(&v, positions_ + Index(block, offset), sizeof(int32_t));
+    if (Cached(block, offset, 1, &s, &v)) return v;
+    Copy(&v, cache_.positions + Index(block, offset), sizeof(int32_t));
     return v;
   }
   void ReadBlock(int32_t block, int32_t count, float* scores, int32_t* positions) const override {
@@ -195,16 +201,75 @@ class DeviceSlotReader final : public KvSlotReader {
       }
       return;
     }
-    Copy(scores, scores_ + Index(block, 0), sizeof(float) * count);
-    Copy(positions, positions_ + Index(block, 0), sizeof(int32_t) * count);
+    if (Cached(block, 0, count, scores, positions)) return;
+    Copy(scores, cache_.scores + Index(block, 0), sizeof(float) * count);
+    Copy(positions, cache_.positions + Index(block, 0), sizeof(int32_t) * count);
+  }
+  void Prefetch(const SequenceBlockTables& tables) const override {
+    index_.clear();
+    blocks_.clear();
+    for (const HeadBlockTable& t : tables.heads) {
+      for (int32_t b : t.blocks) {
+        if (b >= 0 && b < cache_.num_blocks && index_.emplace(b, blocks_.size()).second) {
+          blocks_.push_back(b);
+        }
+      }
+    }
+    if (blocks_.empty()) return;
+    const size_t n = blocks_.size(), bs = static_cast<size_t>(cache_.block_size);
+    cudaSetDevice(device_);
+    absl::Status st = d_blocks_.Reserve(n * sizeof(int32_t), "prefetch block list");
+    if (st.ok()) st = d_scores_.Reserve(n * bs * sizeof(float), "prefetch scores");
+    if (st.ok()) st = d_positions_.Reserve(n * bs * sizeof(int32_t), "prefetch positions");
+    host_scores_.resize(n * bs);
+    host_positions_.resize(n * bs);
+    cudaError_t err = cudaSuccess;
+    if (st.ok()) {
+      err = cudaMemcpy(d_blocks_.as<void>(), blocks_.data(), n * sizeof(int32_t),
+                       cudaMemcpyHostToDevice);
+    }
+    if (st.ok() && err == cudaSuccess) {
+      kernels::GatherSlotMetaParams gp;
+      gp.cache = cache_;
+      gp.blocks = d_blocks_.as<int32_t>();
+      gp.num_blocks = static_cast<int32_t>(n);
+      gp.out_scores = d_scores_.as<float>();
+      gp.out_positions = d_positions_.as<int32_t>();
+      st = kernels::GatherSlotMeta(gp, kernels::StreamHandle{});
+    }
+    if (st.ok() && err == cudaSuccess) {
+      err = cudaMemcpy(host_scores_.data(), d_scores_.as<void>(), n * bs * sizeof(float),
+                       cudaMemcpyDeviceToHost);
+    }
+    if (st.ok() && err == cudaSuccess) {
+      err = cudaMemcpy(host_positions_.data(), d_positions_.as<void>(), n * bs * sizeof(int32_t),
+                       cudaMemcpyDeviceToHost);
+    }
+    if (!st.ok() || err != cudaSuccess) {
+      // No cache: reads fall back to one copy per block.
+      KVC_LOG(WARNING) << "CudaExecutor slot reader prefetch failed: "
+                       << (st.ok() ? std::string(cudaGetErrorString(err)) : st.ToString());
+      cudaGetLastError();
+      index_.clear();
+    }
   }
 
  private:
   bool InRange(int32_t block, int32_t offset, int32_t count) const {
-    return block >= 0 && block < num_blocks_ && offset >= 0 && offset + count <= block_size_;
+    return block >= 0 && block < cache_.num_blocks && offset >= 0 &&
+           offset + count <= cache_.block_size;
   }
   int64_t Index(int32_t block, int32_t offset) const {
-    return static_cast<int64_t>(block) * block_size_ + offset;
+    return static_cast<int64_t>(block) * cache_.block_size + offset;
+  }
+  bool Cached(int32_t block, int32_t offset, int32_t count, float* scores,
+              int32_t* positions) const {
+    auto it = index_.find(block);
+    if (it == index_.end()) return false;
+    const size_t at = it->second * static_cast<size_t>(cache_.block_size) + offset;
+    std::memcpy(scores, host_scores_.data() + at, sizeof(float) * count);
+    std::memcpy(positions, host_positions_.data() + at, sizeof(int32_t) * count);
+    return true;
   }
   void Copy(void* dst, const void* src, size_t bytes) const {
     cudaSetDevice(device_);
@@ -216,11 +281,14 @@ class DeviceSlotReader final : public KvSlotReader {
     }
   }
 
-  const float* scores_ = nullptr;
-  const int32_t* positions_ = nullptr;
-  int32_t block_size_ = 0;
-  int64_t num_blocks_ = 0;
+  kernels::PagedKvCache cache_;
   int device_ = 0;
+  // Prefetch cache: block id -> row in host_scores_ / host_positions_.
+  mutable std::unordered_map<int32_t, size_t> index_;
+  mutable std::vector<int32_t> blocks_;
+  mutable std::vector<float> host_scores_;
+  mutable std::vector<int32_t> host_positions_;
+  mutable DevBuf d_blocks_, d_scores_, d_positions_;
 };
 
 // A cached cuBLASLt matmul of one shape: Y[n, m] (ld ldy) = X[n, k] (ld ldx) . W[m, k]^T (+ b).

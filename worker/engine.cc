@@ -339,6 +339,7 @@ int64_t Engine::Compress(Sequence* seq, CompressionTrigger trigger) {
       plan = counts.status();
     }
   } else {
+    executor_->slot_reader().Prefetch(*kv_->Tables(seq->id));  // one transfer on a GPU
     plan = PlanSequenceEviction(*kv_, seq->id, executor_->slot_reader(), *evict,
                                 seq->req.compression.constraints, seq->policy_seed,
                                 *policies_.at(seq->req.policy));

@@ -91,6 +91,16 @@ absl::Status MoveKvSlots(const KvMoveParams& p, StreamHandle stream) {
   return FromCuda(internal::LaunchMoveKvSlots(p, Stream(stream)), "MoveKvSlots");
 }
 
+absl::Status GatherSlotMeta(const GatherSlotMetaParams& p, StreamHandle stream) {
+  if (p.num_blocks < 0) return absl::InvalidArgumentError("GatherSlotMeta: num_blocks < 0");
+  if (p.num_blocks == 0) return absl::OkStatus();
+  if (p.blocks == nullptr || p.out_scores == nullptr || p.out_positions == nullptr ||
+      p.cache.scores == nullptr || p.cache.positions == nullptr || p.cache.block_size <= 0) {
+    return absl::InvalidArgumentError("GatherSlotMeta: null pointer or bad block_size");
+  }
+  return FromCuda(internal::LaunchGatherSlotMeta(p, Stream(stream)), "GatherSlotMeta");
+}
+
 absl::Status ScatterInt32(const ScatterInt32Params& p, StreamHandle stream) {
   if (p.num_pairs < 0 || p.out_size < 0) {
     return absl::InvalidArgumentError("ScatterInt32: num_pairs / out_size < 0");

@@ -3,6 +3,7 @@
 //   GatherRowsF32Kernel grid (rows), 128 threads: one element per thread-iteration.
 //   RmsNormF32Kernel  grid (rows), 256 threads: block-reduced sum of squares, then the row.
 //   AddBiasF32Kernel  grid-stride over rows * dim.
+//   GatherSlotMetaKernel grid-stride copy of score/position rows of listed blocks.
 //   ScatterInt32Kernel   grid-stride (index, value) writes (block-table mirror updates).
 //   FillRandomBf16Kernel grid-stride fill of random bf16 weights.
 //   MoveKvSlotsKernel grid (num_moves), 64 threads: 16-byte chunks of the K and V rows of one
@@ -70,6 +71,23 @@ __global__ void AddBiasF32Kernel(const __grid_constant__ AddBiasF32Params p, int
   }
 }
 
+__global__ void __launch_bounds__(256)
+    GatherSlotMetaKernel(const __grid_constant__ GatherSlotMetaParams p) {
+  const int32_t bs = p.cache.block_size;
+  const int64_t n = static_cast<int64_t>(p.num_blocks) * bs;
+  for (int64_t i = blockIdx.x * 256ll + threadIdx.x; i < n; i += 256ll * gridDim.x) {
+    const int32_t b = p.blocks[i / bs];
+    if (b >= 0 && b < p.cache.num_blocks) {
+      const int64_t slot = static_cast<int64_t>(b) * bs + i % bs;
+      p.out_scores[i] = p.cache.scores[slot];
+      p.out_positions[i] = p.cache.positions[slot];
+    } else {
+      p.out_scores[i] = __int_as_float(0x7fc00000);
+      p.out_positions[i] = -1;
+    }
+  }
+}
+
 __global__ void __launch_bounds__(256) ScatterInt32Kernel(const __grid_constant__ ScatterInt32Params p) {
   for (int32_t i = blockIdx.x * 256 + threadIdx.x; i < p.num_pairs; i += 256 * gridDim.x) {
     const int64_t idx = p.pairs[2 * i];
@@ -129,6 +147,13 @@ cudaError_t LaunchAddBiasF32(const AddBiasF32Params& p, cudaStream_t stream) {
   const int64_t total = static_cast<int64_t>(p.rows) * p.dim;
   const int blocks = static_cast<int>(std::min<int64_t>((total + 255) / 256, 4096));
   AddBiasF32Kernel<<<blocks, 256, 0, stream>>>(p, xs);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGatherSlotMeta(const GatherSlotMetaParams& p, cudaStream_t stream) {
+  const int64_t n = static_cast<int64_t>(p.num_blocks) * p.cache.block_size;
+  const int blocks = static_cast<int>(std::min<int64_t>((n + 255) / 256, 4096));
+  GatherSlotMetaKernel<<<blocks, 256, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

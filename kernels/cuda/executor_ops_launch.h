@@ -13,6 +13,7 @@ cudaError_t LaunchGatherRowsF32(const GatherRowsF32Params& p, cudaStream_t strea
 cudaError_t LaunchRmsNormF32(const RmsNormF32Params& p, cudaStream_t stream);
 cudaError_t LaunchAddBiasF32(const AddBiasF32Params& p, cudaStream_t stream);
 cudaError_t LaunchMoveKvSlots(const KvMoveParams& p, cudaStream_t stream);
+cudaError_t LaunchGatherSlotMeta(const GatherSlotMetaParams& p, cudaStream_t stream);
 cudaError_t LaunchScatterInt32(const ScatterInt32Params& p, cudaStream_t stream);
 cudaError_t LaunchFillRandomBf16(const FillRandomBf16Params& p, cudaStream_t stream);
 

@@ -161,6 +161,35 @@ void RunSchedule(Pair& p, int32_t vocab, uint64_t seed, int32_t decode_steps) {
       }
     }
   }
+  // The slot reader's prefetch (one gather + copy) serves exactly what direct reads return.
+  for (const Seq& s : seqs) {
+    const SequenceBlockTables* t = p.kv_fast->Tables(s.id);
+    const int32_t bs = p.fast->layout().block_size;
+    std::vector<std::vector<float>> direct;
+    std::vector<std::vector<int32_t>> direct_pos;
+    for (const HeadBlockTable& h : t->heads) {
+      for (int32_t b : h.blocks) {
+        direct.emplace_back(bs);
+        direct_pos.emplace_back(bs);
+        p.fast->slot_reader().ReadBlock(b, bs, direct.back().data(), direct_pos.back().data());
+      }
+    }
+    p.fast->slot_reader().Prefetch(*t);
+    size_t k = 0;
+    for (const HeadBlockTable& h : t->heads) {
+      for (int32_t b : h.blocks) {
+        std::vector<float> sc(bs);
+        std::vector<int32_t> po(bs);
+        p.fast->slot_reader().ReadBlock(b, bs, sc.data(), po.data());
+        for (int32_t i = 0; i < bs; ++i) {
+          ASSERT_TRUE(sc[i] == direct[k][i] || (std::isnan(sc[i]) && std::isnan(direct[k][i])));
+          ASSERT_EQ(po[i], direct_pos[k][i]);
+          ASSERT_EQ(p.fast->slot_reader().Position(b, i), po[i]);
+        }
+        ++k;
+      }
+    }
+  }
   std::printf("[ graphs ] %d steps, max |logit diff| / max |logit| = %.3g\n", steps, worst);
 }
 

@@ -18,6 +18,7 @@ absl::Status GatherRowsF32(const GatherRowsF32Params& p, StreamHandle stream);
 absl::Status RmsNormF32(const RmsNormF32Params& p, StreamHandle stream);
 absl::Status AddBiasF32(const AddBiasF32Params& p, StreamHandle stream);
 absl::Status MoveKvSlots(const KvMoveParams& p, StreamHandle stream);
+absl::Status GatherSlotMeta(const GatherSlotMetaParams& p, StreamHandle stream);
 absl::Status ScatterInt32(const ScatterInt32Params& p, StreamHandle stream);
 absl::Status FillRandomBf16(const FillRandomBf16Params& p, StreamHandle stream);
 

@@ -63,6 +63,17 @@ struct KvMoveParams {
   const int64_t* dst_slots = nullptr;  // [num_moves]
 };
 
+// Gathers the score and position rows of `num_blocks` blocks (block ids in `blocks`) into
+// contiguous out_scores / out_positions [num_blocks, block_size]: one copy brings a sequence's
+// eviction metadata to the host. Block ids outside [0, cache.num_blocks) give NaN / -1 rows.
+struct GatherSlotMetaParams {
+  PagedKvCache cache;
+  const int32_t* blocks = nullptr;  // [num_blocks]
+  int32_t num_blocks = 0;
+  float* out_scores = nullptr;
+  int32_t* out_positions = nullptr;
+};
+
 // out[pairs[2 i]] = pairs[2 i + 1] for i < num_pairs (index, value) pairs: incremental updates of
 // the device mirror of the block tables. Indices outside [0, out_size) are skipped.
 struct ScatterInt32Params {
