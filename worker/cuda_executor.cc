@@ -162,9 +162,15 @@ absl::StatusOr<std::unique_ptr<CudaExecutor::State>> NewState(const ModelConfig&
   KVC_CUDA_RETURN_IF_ERROR(cudaSetDevice(device), "cudaSetDevice");
 
   auto s = std::make_unique<CudaExecutor::State>();
-  if (const char* g = std::getenv("KVC_CUDA_GRAPHS"); g != nullptr && std::string(g) == "0") {
-    s->use_graphs = false;
-  }
+  // Switches for measuring each fast path against the plain one (docs/perf-notes.md).
+  auto off = [](const char* name) {
+    const char* v = std::getenv(name);
+    return v != nullptr && std::string(v) == "0";
+  };
+  if (off("KVC_CUDA_GRAPHS")) s->use_graphs = false;
+  if (off("KVC_TABLE_MIRROR")) s->mirror_limit_bytes = 0;
+  if (off("KVC_DEVICE_SAMPLING")) s->device_sampling = false;
+  if (off("KVC_DEVICE_EVICTION")) s->device_eviction = false;
   s->config = c;
   s->device = device;
   s->sms = kernels::CurrentDeviceSmCount();

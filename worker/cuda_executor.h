@@ -112,7 +112,8 @@ class CudaExecutor : public Executor {
   absl::StatusOr<std::vector<float>> ReadKvRow(int32_t block, int32_t offset, bool value) const;
 
   // Decode-only steps replay captured CUDA graphs (default on; env KVC_CUDA_GRAPHS=0 turns
-  // them off at Create). Tests and benchmarks compare both paths.
+  // them off at Create). Tests and benchmarks compare both paths. Likewise KVC_TABLE_MIRROR=0
+  // (whole tables uploaded every Forward), KVC_DEVICE_SAMPLING=0 and KVC_DEVICE_EVICTION=0.
   void set_use_cuda_graphs(bool on);
   // Counters for tests and benchmarks.
   struct Stats {

@@ -364,6 +364,10 @@ struct CudaExecutor::State {
   // Keyed by the step's shape and the addresses of every buffer the launches use (a reallocated
   // buffer changes the key; stale graphs age out of the LRU cache).
   bool use_graphs = true;
+  // Sampling and KV-Compress selection on the device (env KVC_DEVICE_SAMPLING=0 /
+  // KVC_DEVICE_EVICTION=0 turn them off: samples_tokens() / evicts_on_device() return false).
+  bool device_sampling = true;
+  bool device_eviction = true;
   struct GraphEntry {
     cudaGraphExec_t exec = nullptr;
     uint64_t last_used = 0;
@@ -430,6 +434,13 @@ struct CudaExecutor::State {
   absl::Status Gemm(const void* x, int64_t ldx, int64_t in, const DevBuf& w, const DevBuf* bias,
                     int64_t n_out, void* y_out, int64_t ldy, int64_t rows, bool out_f32,
                     bool accumulate = false);
+
+  // ---- Device-side KV-Compress eviction (cuda_executor_eviction.cc) ----
+  // evict_tables: one sequence's table offsets, counts and block ids, then the per-head counts k
+  // and the error word written back; evict_ws: the kernels' workspace; evict_host: the pinned
+  // staging of both copies.
+  DevBuf evict_ws, evict_tables;
+  PinnedBuf evict_host;
 };
 
 }  // namespace kvc
