@@ -56,16 +56,18 @@ inline absl::Status CublasError(cublasStatus_t st, const std::string& what) {
   return absl::InternalError(msg);
 }
 
-#define KVC_CUDA_RETURN_IF_ERROR(expr, what)                                   \
-  do {                                                                         \
-    const cudaError_t kvc_cuda_err_ = (expr);                                  \
-    if (kvc_cuda_err_ != cudaSuccess) return CudaError(kvc_cuda_err_, (what)); \
+#define KVC_CUDA_RETURN_IF_ERROR(expr, what)                         \
+  do {                                                               \
+    const cudaError_t kvc_cuda_err_ = (expr);                        \
+    if (kvc_cuda_err_ != cudaSuccess)                                \
+      return ::kvc::cuda_internal::CudaError(kvc_cuda_err_, (what)); \
   } while (0)
 
-#define KVC_CUBLAS_RETURN_IF_ERROR(expr, what)                                               \
-  do {                                                                                       \
-    const cublasStatus_t kvc_cublas_st_ = (expr);                                            \
-    if (kvc_cublas_st_ != CUBLAS_STATUS_SUCCESS) return CublasError(kvc_cublas_st_, (what)); \
+#define KVC_CUBLAS_RETURN_IF_ERROR(expr, what)                          \
+  do {                                                                  \
+    const cublasStatus_t kvc_cublas_st_ = (expr);                       \
+    if (kvc_cublas_st_ != CUBLAS_STATUS_SUCCESS)                        \
+      return ::kvc::cuda_internal::CublasError(kvc_cublas_st_, (what)); \
   } while (0)
 
 // Grow-only device buffer (cudaMalloc: 256-byte aligned). Growing frees the old buffer: callers
