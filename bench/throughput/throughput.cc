@@ -512,7 +512,16 @@ absl::StatusOr<RunResult> RunOnce(Executor* shared, const Options& o, double rat
 
   int64_t batch_sum = 0, batch_steps = 0;
   const auto start = Clock::now();
+  auto last_progress = start;
   while (true) {
+    if (Seconds(last_progress, Clock::now()) >= 10) {  // liveness for long runs (stderr)
+      last_progress = Clock::now();
+      std::cerr << absl::StrFormat(
+          "  rate %g: %.0f s, step %d, %d/%d finished, %d running, %d waiting, %d preemptions\n",
+          rate, Seconds(start, last_progress), step, r.finished_ok + r.failed, num_prompts,
+          engine.num_running(), engine.num_waiting(),
+          engine.kv_manager().Stats(false).preemptions_total);
+    }
     step_decode = step_prefill = 0;
     const auto t0 = Clock::now();
     const bool busy = engine.StepForTest();
