@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/include/kvc/kernels/sampling_params.h"
 
 namespace kvc {
 namespace {
@@ -71,7 +72,13 @@ int32_t ArgmaxToken(std::span<const float> logits) {
   return best;
 }
 
-int32_t Sampler::Sample(std::span<const float> logits, const SamplingOptions& options, Rng* rng) {
+double CounterUniform(uint64_t seed, uint64_t counter) {
+  return kernels::SamplingCounterUniform(seed, counter);
+}
+
+template <typename UniformFn>
+int32_t Sampler::SampleImpl(std::span<const float> logits, const SamplingOptions& options,
+                            UniformFn uniform) {
   if (logits.empty()) return -1;
   // `!(t > 0)` also sends a NaN temperature to greedy.
   if (!(options.temperature > 0) || options.top_k == 1) return ArgmaxToken(logits);
@@ -99,7 +106,7 @@ int32_t Sampler::Sample(std::span<const float> logits, const SamplingOptions& op
       weights_[i] = x == kNegInf ? 0.0 : weight(x);
       total += weights_[i];
     }
-    const double target = rng->NextDouble() * total;
+    const double target = uniform() * total;
     double cum = 0;
     int32_t last_positive = 0;
     for (int32_t i = 0; i < vocab; ++i) {
@@ -147,7 +154,7 @@ int32_t Sampler::Sample(std::span<const float> logits, const SamplingOptions& op
     total = 0;
     for (size_t i = 0; i < keep; ++i) total += weights_[i];
   }
-  const double target = rng->NextDouble() * total;
+  const double target = uniform() * total;
   double cum = 0;
   size_t last_positive = 0;
   for (size_t i = 0; i < keep; ++i) {
@@ -159,9 +166,24 @@ int32_t Sampler::Sample(std::span<const float> logits, const SamplingOptions& op
   return order_[last_positive];
 }
 
+int32_t Sampler::Sample(std::span<const float> logits, const SamplingOptions& options, Rng* rng) {
+  return SampleImpl(logits, options, [rng] { return rng->NextDouble(); });
+}
+
+int32_t Sampler::SampleWithUniform(std::span<const float> logits, const SamplingOptions& options,
+                                   double u) {
+  return SampleImpl(logits, options, [u] { return u; });
+}
+
 int32_t SampleToken(std::span<const float> logits, const SamplingOptions& options, Rng* rng) {
   Sampler sampler;
   return sampler.Sample(logits, options, rng);
+}
+
+int32_t SampleTokenWithUniform(std::span<const float> logits, const SamplingOptions& options,
+                               double u) {
+  Sampler sampler;
+  return sampler.SampleWithUniform(logits, options, u);
 }
 
 }  // namespace kvc

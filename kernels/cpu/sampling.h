@@ -10,8 +10,12 @@
 //     logits are +inf, exactly those share the mass uniformly). Then top-k keeps the k largest
 //     logits (ties: lower index first; 0 = off), then top-p keeps the smallest prefix of that
 //     order whose renormalised mass is >= top_p (always >= 1 token; top_p >= 1 = off), and one
-//     token is drawn from what is left with one Rng::NextDouble() call.
+//     token is drawn from what is left with one Rng::NextDouble() call (none is made on the
+//     greedy paths).
 //   * Empty logits return -1.
+// SampleTokenWithUniform applies the same rule with the uniform given instead of drawn: the
+// form the executors use with CounterUniform(seed, counter), and the exact rule the CUDA kernel
+// (kernels/include/kvc/kernels/sampling.h) follows.
 // Identical (logits, options, RNG state) give identical tokens on every platform that has IEEE
 // float and the same libm exp().
 //
@@ -50,18 +54,37 @@ class Rng {
   uint64_t s_[4];
 };
 
+// Uniform in [0, 1) with 53 bits from a counter-based hash of (seed, counter): the draw of a
+// request's counter-th token. Identical on host and device (kernels::SamplingCounterUniform in
+// kernels/include/kvc/kernels/sampling_params.h).
+double CounterUniform(uint64_t seed, uint64_t counter);
+
 // Holds scratch buffers so repeated calls do not allocate once they reached vocabulary size.
 class Sampler {
  public:
+  // Draws rng->NextDouble() only when the row is really sampled (not greedy, some logit above
+  // -inf), so the RNG stream is the same as before SampleWithUniform existed.
   int32_t Sample(std::span<const float> logits, const SamplingOptions& options, Rng* rng);
+  // The same rule with the uniform `u` in [0, 1) given.
+  int32_t SampleWithUniform(std::span<const float> logits, const SamplingOptions& options,
+                            double u);
 
  private:
+  template <typename UniformFn>
+  int32_t SampleImpl(std::span<const float> logits, const SamplingOptions& options,
+                     UniformFn uniform);
+
   std::vector<int32_t> order_;
   std::vector<double> weights_;
 };
 
 // One-shot form of Sampler::Sample (allocates its scratch).
 int32_t SampleToken(std::span<const float> logits, const SamplingOptions& options, Rng* rng);
+
+// One-shot form of Sampler::SampleWithUniform: SampleToken's rule with the uniform u in [0, 1)
+// given (u is only used where SampleToken would call Rng::NextDouble()).
+int32_t SampleTokenWithUniform(std::span<const float> logits, const SamplingOptions& options,
+                               double u);
 
 // Greedy choice alone: largest logit, lowest index on ties, NaN as -inf; 0 if none is above -inf;
 // -1 if empty.

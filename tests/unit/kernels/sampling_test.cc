@@ -255,5 +255,123 @@ TEST(SamplingTest, LargeVocabularyTopKStaysInTopK) {
   EXPECT_GT(seen.size(), 25u);
 }
 
+// ---- CounterUniform / SampleTokenWithUniform ---------------------------------------------------
+
+TEST(CounterUniformTest, InUnitIntervalDeterministicAndKeyed) {
+  std::set<double> seen;
+  for (uint64_t seed : {0ull, 1ull, 2ull, 0xFFFFFFFFFFFFFFFFull}) {
+    for (uint64_t counter = 0; counter < 1000; ++counter) {
+      const double u = CounterUniform(seed, counter);
+      ASSERT_GE(u, 0.0);
+      ASSERT_LT(u, 1.0);
+      ASSERT_EQ(u, CounterUniform(seed, counter));
+      seen.insert(u);
+    }
+  }
+  // Neighbouring seeds and counters give different values (no collisions in 4000 draws).
+  EXPECT_EQ(seen.size(), 4000u);
+}
+
+TEST(CounterUniformTest, UniformAndUncorrelatedAlongCountersAndSeeds) {
+  const int n = 200000;
+  for (bool vary_seed : {false, true}) {
+    std::vector<int> buckets(10, 0);
+    double sum = 0, lag = 0, prev = 0;
+    for (int i = 0; i < n; ++i) {
+      const double u = vary_seed ? CounterUniform(static_cast<uint64_t>(i), 7)
+                                 : CounterUniform(12345, static_cast<uint64_t>(i));
+      sum += u;
+      if (i > 0) lag += (u - 0.5) * (prev - 0.5);
+      prev = u;
+      ++buckets[static_cast<int>(u * 10)];
+    }
+    EXPECT_NEAR(sum / n, 0.5, 0.005) << "vary_seed " << vary_seed;
+    // Lag-1 correlation of a uniform has variance 1/n around 0 (|corr| < 5 sigma).
+    EXPECT_LT(std::fabs(lag / (n - 1) * 12.0), 5.0 / std::sqrt(static_cast<double>(n)));
+    double chi2 = 0;
+    for (int c : buckets) chi2 += (c - n / 10.0) * (c - n / 10.0) / (n / 10.0);
+    EXPECT_LT(chi2, kChi2Critical[9]) << "vary_seed " << vary_seed;
+  }
+}
+
+TEST(SampleTokenWithUniformTest, EqualsSamplerFedTheSameDraw) {
+  std::mt19937 gen(101);
+  const SamplingOptions options[] = {{1.0f, 1.0f, 0}, {0.7f, 1.0f, 0},   {1.0f, 0.9f, 0},
+                                     {1.3f, 1.0f, 7}, {0.8f, 0.95f, 20}, {0.0f, 0.5f, 3},
+                                     {1.0f, 1.0f, 1}, {2.0f, 1e-6f, 0}};
+  for (int trial = 0; trial < 400; ++trial) {
+    std::vector<float> logits = RandomLogits(&gen, 1 + gen() % 300, 2.0f);
+    if (trial % 4 == 0) {  // ties and specials
+      for (float& x : logits) x = std::round(x);
+      logits[gen() % logits.size()] = kNaN;
+      logits[gen() % logits.size()] = -kInf;
+    }
+    for (const SamplingOptions& o : options) {
+      Rng a(trial), b(trial);
+      Sampler sampler;
+      const int32_t with_rng = sampler.Sample(logits, o, &a);
+      const bool draws = o.temperature > 0 && o.top_k != 1 && ArgmaxToken(logits) >= 0 &&
+                         std::any_of(logits.begin(), logits.end(),
+                                     [](float x) { return !std::isnan(x) && x > -kInf; });
+      const double u = draws ? b.NextDouble() : 0.5;
+      EXPECT_EQ(SampleTokenWithUniform(logits, o, u), with_rng) << "trial " << trial;
+      EXPECT_EQ(sampler.SampleWithUniform(logits, o, u), with_rng) << "trial " << trial;
+      // Both RNGs advanced alike: Sample draws exactly once when it samples, never otherwise.
+      EXPECT_EQ(a.NextU64(), b.NextU64()) << "trial " << trial;
+    }
+  }
+}
+
+TEST(SampleTokenWithUniformTest, GreedyIgnoresTheUniform) {
+  const std::vector<float> logits = {0.5f, 2.0f, kNaN, 2.0f, -1.0f};
+  for (double u : {0.0, 0.3, 0.999999}) {
+    EXPECT_EQ(SampleTokenWithUniform(logits, {0.0f, 1.0f, 0}, u), 1);
+    EXPECT_EQ(SampleTokenWithUniform(logits, {1.5f, 0.9f, 1}, u), 1);
+    EXPECT_EQ(SampleTokenWithUniform(std::vector<float>{-kInf, kNaN}, {1.0f, 0.5f, 4}, u), 0);
+  }
+  EXPECT_EQ(SampleTokenWithUniform(std::vector<float>{}, {1.0f, 1.0f, 0}, 0.5), -1);
+}
+
+// The draw inverts the CDF: sweeping u over a fine grid, each token takes a share of the grid
+// equal to its probability (up to the grid step), and the chosen position never moves backwards
+// (index order without top-k / top-p, sorted order with them).
+TEST(SampleTokenWithUniformTest, InvertsTheCdfMonotonically) {
+  const std::vector<float> logits = {1.0f, 2.0f, 0.5f, -1.0f, 2.0f, 0.0f, kNaN, 1.5f};
+  struct Case {
+    SamplingOptions o;
+    std::vector<bool> allowed;
+    bool sorted;
+  };
+  // Sorted order: 1, 4 (tie, lower index first), 7, 0, 2, 5, 3.
+  const std::vector<int32_t> rank = {3, 0, 4, 6, 1, 5, -1, 2};
+  const Case cases[] = {
+      {{1.0f, 1.0f, 0}, {true, true, true, true, true, true, false, true}, false},
+      {{0.6f, 1.0f, 3}, {false, true, false, false, true, false, false, true}, true},
+      {{1.0f, 0.6f, 0}, {false, true, false, false, true, false, false, true}, true},
+  };
+  const int grid = 100000;
+  for (const Case& c : cases) {
+    // Case 3: t=1 probabilities sorted 0.2956, 0.2956, 0.1793, ...: 0.5913 < 0.6 <= 0.7706.
+    const std::vector<double> expected =
+        Expected(std::vector<float>{1.0f, 2.0f, 0.5f, -1.0f, 2.0f, 0.0f, -1e30f, 1.5f},
+                 c.o.temperature, c.allowed);
+    std::vector<int> hits(logits.size(), 0);
+    int32_t prev_pos = -1;
+    for (int g = 0; g < grid; ++g) {
+      const double u = (g + 0.5) / grid;
+      const int32_t t = SampleTokenWithUniform(logits, c.o, u);
+      ASSERT_GE(t, 0);
+      ASSERT_TRUE(c.allowed[t]) << "token " << t << " u " << u;
+      const int32_t pos = c.sorted ? rank[t] : t;
+      ASSERT_GE(pos, prev_pos) << "u " << u;
+      prev_pos = pos;
+      ++hits[t];
+    }
+    for (size_t i = 0; i < logits.size(); ++i) {
+      EXPECT_NEAR(hits[i] / static_cast<double>(grid), expected[i], 2.0 / grid) << "token " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace kvc
