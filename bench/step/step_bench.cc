@@ -10,7 +10,7 @@
 //                  [--overhead-context 6000] [--overhead-batches 32,128] [--rate 8]
 //                  [--window 32] [--protected-window 32] [--gen-tokens 512]
 //                  [--block-size 16] [--reserve-gib 6] [--seed S] [--cuda-graphs 0|1]
-//                  [--json FILE]
+//                  [--evict-path host|device|both] [--json FILE]
 //
 // Conventions (every rate is measured in the same process, on the device the output names):
 //  * Copy bandwidth: cudaMemcpy device-to-device of 1 GiB, counted as bytes read + written
@@ -51,6 +51,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <limits>
 #include <memory>
 #include <numeric>
@@ -136,7 +137,8 @@ struct Options {
   int32_t block_size = 16;
   double reserve_gib = 6.0;
   uint64_t seed = 1;
-  int32_t cuda_graphs = 1;  // decode-only steps replay CUDA graphs (the executor's default)
+  int32_t cuda_graphs = 1;          // decode-only steps replay CUDA graphs (the executor's default)
+  std::string evict_path = "both";  // host, device (where evicts_on_device()), both
   std::string json;
 
   bool Runs(const char* m) const { return mode == "all" || mode == m; }
@@ -148,7 +150,7 @@ constexpr char kUsage[] =
     "  [--prefill 1x32768,16x2048] [--prefill-chunk N] [--overhead-context 6000]\n"
     "  [--overhead-batches 32,128] [--rate 8] [--window 32] [--pool-kernel 7]\n"
     "  [--protected-window 32] [--gen-tokens 512] [--block-size 16] [--reserve-gib 6]\n"
-    "  [--seed S] [--cuda-graphs 0|1] [--json FILE]\n";
+    "  [--seed S] [--cuda-graphs 0|1] [--evict-path host|device|both] [--json FILE]\n";
 
 absl::StatusOr<std::vector<int32_t>> ParseIntList(const std::string& flag, const std::string& s,
                                                   int32_t min_value) {
@@ -242,6 +244,12 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
     } else if (flag == "--cuda-graphs") {
       ASSIGN_OR_RETURN(o.cuda_graphs, ParseInt(flag, v, 0));
       if (o.cuda_graphs > 1) return absl::InvalidArgumentError("--cuda-graphs: 0 or 1");
+    } else if (flag == "--evict-path") {
+      if (v != "host" && v != "device" && v != "both") {
+        return absl::InvalidArgumentError(
+            absl::StrCat("--evict-path: '", v, "' is not one of host, device, both"));
+      }
+      o.evict_path = v;
     } else if (flag == "--json") {
       o.json = v;
     } else {
@@ -922,7 +930,8 @@ absl::Status StepBench::RunOverhead() {
     SetSampling(&b);
     return b;
   };
-  const bool on_device = exec_->evicts_on_device();
+  const bool on_device = exec_->evicts_on_device() && o_.evict_path != "host";
+  const bool on_host = o_.evict_path != "device" || !exec_->evicts_on_device();
   const int iters = std::clamp(o_.iters, 1, 3);
   std::vector<double> p0, p1, plan_ms, apply_ms, move_ms, dev_ms, dev_apply_ms;
   int64_t evict_blocks = 0, freed = 0, evicted_kvs = 0, moves_n = 0, dev_freed = 0, kvs_before = 0;
@@ -941,24 +950,30 @@ absl::Status StepBench::RunOverhead() {
     ASSIGN_OR_RETURN(SequenceUsage usage, kv->Usage(seq));
     kvs_before = usage.kvs_held;
     evict_blocks = EvictBlocksForRate(ko.layout, n, usage.kvs_held, o_.rate, o_.protected_window);
+    if (!on_host) {
+      RETURN_IF_ERROR(kv->FreeSequence(seq));
+      exec_->ForgetSequence(seq);
+    }
     // Host selection through slot_reader(), metadata update, compaction moves on the device.
-    t0 = Clock::now();
-    exec_->slot_reader().Prefetch(*kv->Tables(seq));  // one transfer, as the engine does
-    ASSIGN_OR_RETURN(EvictionPlan plan, PlanSequenceEviction(*kv, seq, exec_->slot_reader(),
-                                                             evict_blocks, cons, seq, *policy));
-    if (timed) plan_ms.push_back(MsSince(t0));
-    std::vector<KvMove> moves;
-    t0 = Clock::now();
-    RETURN_IF_ERROR(kv->ApplyEviction(seq, plan, CompressionTrigger::kPrefill, &moves));
-    if (timed) apply_ms.push_back(MsSince(t0));
-    t0 = Clock::now();
-    RETURN_IF_ERROR(exec_->MoveKvs(moves));
-    if (timed) move_ms.push_back(MsSince(t0));
-    freed = plan.blocks_freed;
-    evicted_kvs = plan.kvs_evicted;
-    moves_n = static_cast<int64_t>(moves.size());
-    RETURN_IF_ERROR(kv->FreeSequence(seq));
-    exec_->ForgetSequence(seq);
+    if (on_host) {
+      t0 = Clock::now();
+      exec_->slot_reader().Prefetch(*kv->Tables(seq));  // one transfer, as the engine does
+      ASSIGN_OR_RETURN(EvictionPlan plan, PlanSequenceEviction(*kv, seq, exec_->slot_reader(),
+                                                               evict_blocks, cons, seq, *policy));
+      if (timed) plan_ms.push_back(MsSince(t0));
+      std::vector<KvMove> moves;
+      t0 = Clock::now();
+      RETURN_IF_ERROR(kv->ApplyEviction(seq, plan, CompressionTrigger::kPrefill, &moves));
+      if (timed) apply_ms.push_back(MsSince(t0));
+      t0 = Clock::now();
+      RETURN_IF_ERROR(exec_->MoveKvs(moves));
+      if (timed) move_ms.push_back(MsSince(t0));
+      freed = plan.blocks_freed;
+      evicted_kvs = plan.kvs_evicted;
+      moves_n = static_cast<int64_t>(moves.size());
+      RETURN_IF_ERROR(kv->FreeSequence(seq));
+      exec_->ForgetSequence(seq);
+    }
     if (!on_device) continue;
     // Device selection + compaction; only per-head counts come back.
     seq = NewSeqId();
@@ -974,13 +989,14 @@ absl::Status StepBench::RunOverhead() {
     RETURN_IF_ERROR(kv->ApplyEviction(seq, dplan, CompressionTrigger::kPrefill, nullptr));
     if (timed) dev_apply_ms.push_back(MsSince(t0));
     dev_freed = dplan.blocks_freed;
+    if (!on_host) evicted_kvs = dplan.kvs_evicted;
     RETURN_IF_ERROR(kv->FreeSequence(seq));
     exec_->ForgetSequence(seq);
   }
   RETURN_IF_ERROR(kv->CheckInvariants());
   const double tp0 = Median(p0), tp1 = Median(p1);
   const double dp = tp1 - tp0;
-  const double host_c = Median(plan_ms) + Median(apply_ms) + Median(move_ms);
+  const double host_c = on_host ? Median(plan_ms) + Median(apply_ms) + Median(move_ms) : 0;
   const double dev_c = on_device ? Median(dev_ms) + Median(dev_apply_ms) : 0;
   const double comp = on_device ? dev_c : host_c;
   const double step_ref = overhead_steps_.empty() ? 0 : overhead_steps_.front().on_ms;
@@ -1009,23 +1025,24 @@ absl::Status StepBench::RunOverhead() {
                    {"step_batch", step_batch}});
   };
   line("prefill window scores (w, pooled), per prompt", dp, "prefill_scores");
-  line("host selection (slot_reader Prefetch + PlanSequenceEviction)", Median(plan_ms),
-       "host_plan");
-  line("host metadata update (ApplyEviction)", Median(apply_ms), "host_apply");
-  line("compaction (MoveKvs of the host plan)", Median(move_ms), "host_moves");
-  line("host path total", host_c, "host_total");
+  if (on_host) {
+    line("host selection (slot_reader Prefetch + PlanSequenceEviction)", Median(plan_ms),
+         "host_plan");
+    line("host metadata update (ApplyEviction)", Median(apply_ms), "host_apply");
+    line("compaction (MoveKvs of the host plan)", Median(move_ms), "host_moves");
+    line("host path total", host_c, "host_total");
+  }
   if (on_device) {
     line("device selection + compaction (EvictOnDevice)", Median(dev_ms), "device_evict");
     line("counts-only plan + ApplyEviction", Median(dev_apply_ms), "device_apply");
     line("device path total", dev_c, "device_total");
-    if (dev_freed != freed) {
+    if (on_host && dev_freed != freed) {
       std::printf("\nnote: EvictOnDevice freed %lld blocks, the host plan %lld\n",
                   static_cast<long long>(dev_freed), static_cast<long long>(freed));
     }
   } else {
-    std::printf(
-        "| device selection + compaction (EvictOnDevice) | not available: "
-        "evicts_on_device() is false | | |\n");
+    std::printf("| device selection + compaction (EvictOnDevice) | not run: %s | | |\n",
+                exec_->evicts_on_device() ? "--evict-path host" : "evicts_on_device() is false");
   }
 
   // ---- amortised share in the throughput setting ----
@@ -1079,21 +1096,22 @@ void StepBench::PrintMetadata() {
   const double ours = score_pos + table;
   const int32_t group = c_.num_attention_heads / c_.num_key_value_heads;
   // The fork's bytes per block (reference/kvcompress-spec.md §1.3): 2*b*d*2 + 21 + b*(12 + 8G).
-  const double fork = (21.0 + b * (12.0 + 8.0 * group)) / b;
+  const double fork_slot = 12.0 + 8.0 * group;
+  const double fork_block = 21.0 / b;
+  const double fork = fork_slot + fork_block;
   std::printf(
       "\n## Per-KV metadata overhead (%s, head_dim %d, block %d, GQA group %d)\n\n"
       "| bytes per KV | kvc | KV-Compress fork |\n|---|---|---|\n"
       "| K + V (bf16) | %.0f | %.0f |\n"
-      "| score fp32 + position int32 (device, beside each KV) | %.2f | 8 (+ temp metrics "
-      "8G) |\n"
-      "| block-table entry (int32 per block: host table + per-step device copy) / b | %.3f | "
-      "21 B per-block metadata / b |\n"
+      "| per-KV slot metadata (kvc: score fp32 + position int32; fork: 12 + 8G) | %.2f | %.0f |\n"
+      "| per-block metadata / b (kvc: int32 table entry on the host + its device mirror) | %.3f | "
+      "%.3f (21 B) |\n"
       "| total metadata | %.3f (+%.2f%%) | %.2f (+%.2f%%; the spec quotes +8.8%% for "
       "Llama-3.1-8B) |\n\n"
       "Per (sequence, layer, kv_head) counts (int32) and table offsets are per head, not per "
       "KV: 8 B per head, %.4f B per KV at a %d-token context, not counted above.\n",
-      c_.name.c_str(), c_.head_dim, b, group, kv, kv, score_pos, table, ours, 100.0 * ours / kv,
-      fork, 100.0 * fork / kv, 8.0 / o_.overhead_context, o_.overhead_context);
+      c_.name.c_str(), c_.head_dim, b, group, kv, kv, score_pos, fork_slot, table, fork_block, ours,
+      100.0 * ours / kv, fork, 100.0 * fork / kv, 8.0 / o_.overhead_context, o_.overhead_context);
   report_->Json({{"mode", "metadata"},
                  {"block_size", b},
                  {"head_dim", c_.head_dim},
@@ -1107,6 +1125,7 @@ void StepBench::PrintMetadata() {
 
 absl::Status Run(const Options& o) {
   ASSIGN_OR_RETURN(ModelConfig c, ModelConfig::FromJsonFile(o.config));
+  c.name = std::filesystem::path(o.config).stem().string();  // "llama-3.1-8b", not the folder
   Report report(o.json);
   std::printf("# kvc-bench-step\n\nconfig: %s (%s)\n", o.config.c_str(), c.DebugString().c_str());
   if (o.mode == "metadata") {
