@@ -114,10 +114,15 @@ constexpr char kUsage[] =
 absl::StatusOr<int64_t> ParseBytes(const std::string& text) {
   absl::string_view s = text;
   double mult = 1;
-  const std::pair<const char*, double> suffixes[] = {
-      {"GiB", 1024.0 * 1024 * 1024}, {"MiB", 1024.0 * 1024}, {"KiB", 1024.0},
-      {"GB", 1e9},                   {"MB", 1e6},            {"KB", 1e3},
-      {"G", 1024.0 * 1024 * 1024},   {"M", 1024.0 * 1024},   {"K", 1024.0}};
+  const std::pair<const char*, double> suffixes[] = {{"GiB", 1024.0 * 1024 * 1024},
+                                                     {"MiB", 1024.0 * 1024},
+                                                     {"KiB", 1024.0},
+                                                     {"GB", 1e9},
+                                                     {"MB", 1e6},
+                                                     {"KB", 1e3},
+                                                     {"G", 1024.0 * 1024 * 1024},
+                                                     {"M", 1024.0 * 1024},
+                                                     {"K", 1024.0}};
   for (const auto& [suffix, m] : suffixes) {
     if (absl::ConsumeSuffix(&s, suffix)) {
       mult = m;
@@ -166,7 +171,8 @@ absl::StatusOr<Options> ParseArgs(int argc, char** argv) {
       ASSIGN_OR_RETURN(o.kv_cache_memory, ParseBytes(v));
     } else if (a == "--num-blocks") {
       if (!absl::SimpleAtoi(v, &o.num_blocks) || o.num_blocks < 1) {
-        return absl::InvalidArgumentError("--num-blocks: expected an integer >= 1, got '" + v + "'");
+        return absl::InvalidArgumentError("--num-blocks: expected an integer >= 1, got '" + v +
+                                          "'");
       }
     } else if (a == "--fit-uncompressed") {
       RETURN_IF_ERROR(int32(&o.fit_uncompressed, 1));
@@ -239,7 +245,8 @@ absl::StatusOr<Options> ParseArgs(int argc, char** argv) {
 }
 
 // Lends one executor to several Engines in turn (Engine takes ownership of its executor; this
-// adapter owns nothing). Every virtual of Executor is forwarded.
+// adapter owns nothing). Every virtual of Executor is forwarded: when Executor gains one, add it
+// here, or the engine sees the interface's default instead of the real executor's behaviour.
 class BorrowedExecutor final : public Executor {
  public:
   explicit BorrowedExecutor(Executor* e) : e_(e) {}
@@ -309,8 +316,7 @@ struct Setup {
 
 // Builds the executor once: weights (loaded or random), KV storage sized from the options.
 absl::StatusOr<Setup> BuildExecutor(const Options& o) {
-  const std::string cfg_path =
-      o.config_path.empty() ? o.model_dir + "/config.json" : o.config_path;
+  const std::string cfg_path = o.config_path.empty() ? o.model_dir + "/config.json" : o.config_path;
   ASSIGN_OR_RETURN(ModelConfig cfg, ModelConfig::FromJsonFile(cfg_path));
   if (!o.config_path.empty()) {
     // FromJsonFile names the model after the directory; a bench config is named by its file.
@@ -655,7 +661,8 @@ absl::Status WritePlot(const std::string& png, const std::string& json_path,
   for (const auto& j : all) peak = std::max(peak, j.value("total_tok_s", 0.0));
   const double scale = peak >= 10000 ? 1000 : 1;  // thousands keep the tick labels short
   for (const auto& j : all) {
-    std::string key = absl::StrCat("in ", j.value("input_len", 0), " out ", j.value("output_len", 0));
+    std::string key =
+        absl::StrCat("in ", j.value("input_len", 0), " out ", j.value("output_len", 0));
     if (models.size() > 1) key = j.value("backend", "") + " " + key;
     if (j.value("label", "") != "") key += " " + j.value("label", "");
     series[key][j.value("rate", 1.0)] = {j.value("total_tok_s", 0.0) / scale,
@@ -713,13 +720,15 @@ std::string Table(const std::vector<RunResult>& results) {
       auto it = r.compressions.find(k);
       return it == r.compressions.end() ? int64_t{0} : it->second;
     };
-    absl::StrAppendFormat(
-        &t, "| %g | %s | %.1f | %.1f | %s | %.1f | %d | %d | %d (%d/%d) | %.3f | %.2f | %.2f | %.2f |\n",
-        r.rate, r.policy, r.total_tok_s, r.decode_tok_s,
-        r.speedup > 0 ? absl::StrFormat("%.2fx", r.speedup) : "-", r.mean_decode_batch,
-        r.max_decode_batch, r.preemptions, r.compressions_total, trig("prefill"),
-        trig("memory_pressure"), r.compression_seconds, r.prefill_seconds, r.wall_seconds,
-        r.mean_final_ratio);
+    absl::StrAppendFormat(&t,
+                          "| %g | %s | %.1f | %.1f | %s | %.1f | %d | %d | %d (%d/%d) | %.3f | "
+                          "%.2f | %.2f | %.2f |\n",
+                          r.rate, r.policy, r.total_tok_s, r.decode_tok_s,
+                          r.speedup > 0 ? absl::StrFormat("%.2fx", r.speedup) : "-",
+                          r.mean_decode_batch, r.max_decode_batch, r.preemptions,
+                          r.compressions_total, trig("prefill"), trig("memory_pressure"),
+                          r.compression_seconds, r.prefill_seconds, r.wall_seconds,
+                          r.mean_final_ratio);
   }
   return t;
 }
@@ -740,17 +749,19 @@ absl::Status Run(const Options& o) {
       "window %d, observation window %d, after prefill and under memory pressure only\n\n",
       s.backend, s.device, s.model, s.create_seconds, o.num_prompts, o.input_len, o.output_len,
       o.prompt == "repeat" ? "one repeated token id" : "random token ids (seeded)", o.temperature,
-      s.num_blocks, o.block_size, static_cast<double>(s.num_blocks * s.bytes_per_block) / (1ll << 30),
-      pool_tokens, static_cast<double>(pool_tokens) / (o.input_len + o.output_len),
-      o.max_num_seqs, o.max_prefill_tokens, o.policy, o.protected_window, o.observation_window);
+      s.num_blocks, o.block_size,
+      static_cast<double>(s.num_blocks * s.bytes_per_block) / (1ll << 30), pool_tokens,
+      static_cast<double>(pool_tokens) / (o.input_len + o.output_len), o.max_num_seqs,
+      o.max_prefill_tokens, o.policy, o.protected_window, o.observation_window);
   if (o.warmup) {
     const int32_t n = std::min(o.num_prompts, 8);
     const auto t0 = Clock::now();
     auto w = RunOnce(s.executor.get(), o, 1, n, std::min(o.output_len, 4));
     RETURN_IF_ERROR(Annotate(w.status(), "warm-up run"));
-    std::cout << absl::StrFormat("warm-up: %d prompts, %d output tokens, compression off: %.2f s "
-                                 "(not reported)\n\n",
-                                 n, std::min(o.output_len, 4), Seconds(t0, Clock::now()));
+    std::cout << absl::StrFormat(
+        "warm-up: %d prompts, %d output tokens, compression off: %.2f s "
+        "(not reported)\n\n",
+        n, std::min(o.output_len, 4), Seconds(t0, Clock::now()));
   }
   // The rate-1 (compression off) run goes first: it is the baseline of the speed-ups.
   std::vector<double> rates = o.rates;
@@ -798,8 +809,8 @@ absl::Status Run(const Options& o) {
   if (!o.plot.empty()) RETURN_IF_ERROR(WritePlot(o.plot, o.json, lines));
 
   std::cout << absl::StrFormat(
-      "\n### kvc throughput: %s, %s, in %d / out %d, %d prompts, KV pool %.2f GiB\n\n",
-      s.backend, s.device, o.input_len, o.output_len, o.num_prompts,
+      "\n### kvc throughput: %s, %s, in %d / out %d, %d prompts, KV pool %.2f GiB\n\n", s.backend,
+      s.device, o.input_len, o.output_len, o.num_prompts,
       static_cast<double>(s.num_blocks * s.bytes_per_block) / (1ll << 30));
   std::cout << Table(results);
   std::cout

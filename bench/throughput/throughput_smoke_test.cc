@@ -27,8 +27,7 @@ std::string Binary() {
 }
 
 std::string TempPath(const std::string& name) {
-  return (std::filesystem::temp_directory_path() /
-          (name + "." + std::to_string(::getpid())))
+  return (std::filesystem::temp_directory_path() / (name + "." + std::to_string(::getpid())))
       .string();
 }
 
@@ -52,12 +51,13 @@ class ThroughputSmokeTest : public ::testing::Test {
     log_ = new std::string(TempPath("kvc_tput.log"));
     std::filesystem::remove(*json_);
     std::filesystem::remove(*png_);
-    rc_ = RunBench("--backend cpu --config bench/throughput/configs/tiny-llama.json "
-                   "--random-weights --num-prompts " +
-                       std::to_string(kPrompts) + " --input-len " + std::to_string(kIn) +
-                       " --output-len " + std::to_string(kOut) +
-                       " --fit-uncompressed 2 --rates 8,1 --json " + *json_ + " --plot " + *png_,
-                   *log_);
+    rc_ = RunBench(
+        "--backend cpu --config bench/throughput/configs/tiny-llama.json "
+        "--random-weights --num-prompts " +
+            std::to_string(kPrompts) + " --input-len " + std::to_string(kIn) + " --output-len " +
+            std::to_string(kOut) + " --fit-uncompressed 2 --rates 8,1 --json " + *json_ +
+            " --plot " + *png_,
+        *log_);
     std::ifstream f(*json_);
     std::string line;
     lines_ = new std::vector<nlohmann::json>();
@@ -149,7 +149,8 @@ TEST_F(ThroughputSmokeTest, CompressionRaisesTheDecodeBatchInABoundPool) {
   EXPECT_GT(on.at("compression_count").get<int64_t>(), 0);
   EXPECT_GT(on.at("mean_final_compression_ratio").get<double>(), 1.5) << on.dump();
   EXPECT_GE(on.at("max_decode_batch").get<int>(), off.at("max_decode_batch").get<int>())
-      << on.dump() << "\n" << off.dump();
+      << on.dump() << "\n"
+      << off.dump();
   EXPECT_GT(on.at("max_decode_batch").get<int>(), 2) << on.dump();
 }
 
