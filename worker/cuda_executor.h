@@ -99,6 +99,8 @@ class CudaExecutor : public Executor {
   // several launches so the result is that of sequential moves.
   absl::Status MoveKvs(std::span<const KvMove> moves) override;
   void ForgetSequence(int64_t seq_id) override;
+  // Sampling in Forward (cuda_executor_sampling.cc); false when KVC_DEVICE_SAMPLING=0.
+  bool samples_tokens() const override;
   // Device-side KV-Compress selection + compaction (cuda_executor_eviction.cc).
   bool evicts_on_device() const override;
   absl::StatusOr<std::vector<int32_t>> EvictOnDevice(

@@ -396,6 +396,8 @@ struct CudaExecutor::State {
   // downloaded logits (sample_on_host). FinishSampledTokens fills ForwardOutput::tokens.
   int32_t sample_rows = 0;
   bool sample_on_host = false;
+  DevBuf sample_dev;  // per-row parameters, then the sampled tokens
+  PinnedBuf sample_host;
   absl::Status PrepareSampling(const ForwardBatch& batch, const std::vector<int32_t>& row_of_seq);
   absl::Status EnqueueSampling(int32_t logits_rows);
   absl::Status DownloadSampledTokens();

@@ -9,7 +9,7 @@
 namespace kvc {
 
 absl::Status ValidateForwardBatch(const ForwardBatch& batch, const ModelConfig& c,
-                                  const KvLayout& layout) {
+                                  const KvLayout& layout, bool check_block_ids) {
   const int32_t bs = layout.block_size;
   if (batch.score_pool_kernel < 0 ||
       (batch.score_pool_kernel > 1 && batch.score_pool_kernel % 2 == 0)) {
@@ -57,6 +57,7 @@ absl::Status ValidateForwardBatch(const ForwardBatch& batch, const ModelConfig& 
         return bad(absl::StrCat("tables.heads[", h, "] has ", t.blocks.size(), " blocks for ",
                                 t.num_kvs, " KVs, expected ", want_blocks));
       }
+      if (!check_block_ids) continue;
       for (int32_t b : t.blocks) {
         if (b < 0 || b >= layout.num_blocks) {
           return bad(absl::StrCat("tables.heads[", h, "] holds block id ", b, " outside [0, ",

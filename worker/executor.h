@@ -77,8 +77,11 @@ struct ForwardOutput {
 // holding exactly ceil(num_kvs / b) in-range blocks per (layer, kv_head) with room reserved for the
 // new tokens. INVALID_ARGUMENT naming "batch.seqs[i] (seq_id X): ..." otherwise. Shared by every
 // executor so they accept and reject exactly the same batches.
+// check_block_ids = false skips the per-block range check (O(total blocks) per call) for an
+// executor that checks the ids it actually reads itself (the CUDA executor's table mirror checks
+// each id once, when it is uploaded).
 absl::Status ValidateForwardBatch(const ForwardBatch& batch, const ModelConfig& config,
-                                  const KvLayout& layout);
+                                  const KvLayout& layout, bool check_block_ids = true);
 
 class Executor {
  public:

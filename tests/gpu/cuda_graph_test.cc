@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "kernels/cpu/sampling.h"
 #include "kvmanager/eviction_plan.h"
 #include "kvmanager/kv_manager.h"
 #include "model/config.h"
@@ -50,6 +51,7 @@ void RunSchedule(Pair& p, int32_t vocab, uint64_t seed, int32_t decode_steps) {
     seqs.push_back({next_id++, rand_prompt(n), next_id % 2 == 0});
   double worst = 0;
   int steps = 0;
+  int64_t sampled_rows = 0;
   auto step = [&]() {
     // Reserve room, then one batch of prefills (not yet prefilled) and decodes (the rest).
     for (Seq& s : seqs) {
@@ -82,7 +84,31 @@ void RunSchedule(Pair& p, int32_t vocab, uint64_t seed, int32_t decode_steps) {
       return b;
     };
     ForwardOutput of, os;
-    ASSERT_TRUE(p.fast->Forward(make(*p.kv_fast), &of).ok());
+    // The fast executor also samples on the device (greedy and nucleus rows mixed); its tokens
+    // must be the CPU reference's on the logits it returns.
+    ForwardBatch fb = make(*p.kv_fast);
+    for (ForwardSequence& f : fb.seqs) {
+      f.sample = true;
+      f.sample_seed = static_cast<uint64_t>(f.seq_id) * 7919;
+      f.sample_counter = static_cast<uint64_t>(steps);
+      if (f.seq_id % 2 == 1) {
+        f.sampling.temperature = 0.9f;
+        f.sampling.top_p = 0.95f;
+        f.sampling.top_k = f.seq_id % 4 == 1 ? 50 : 0;
+      } else {
+        f.sampling.temperature = 0.0f;
+      }
+    }
+    ASSERT_TRUE(p.fast->Forward(fb, &of).ok());
+    ASSERT_EQ(of.tokens.size(), fb.seqs.size());
+    for (size_t i = 0; i < fb.seqs.size(); ++i) {
+      const ForwardSequence& f = fb.seqs[i];
+      std::span<const float> row(of.logits.data() + i * vocab, vocab);
+      EXPECT_EQ(of.tokens[i], SampleTokenWithUniform(
+                                  row, f.sampling, CounterUniform(f.sample_seed, f.sample_counter)))
+          << "step " << steps << " seq " << f.seq_id;
+      ++sampled_rows;
+    }
     ASSERT_TRUE(p.slow->Forward(make(*p.kv_slow), &os).ok());
     ASSERT_EQ(of.logits.size(), os.logits.size());
     for (size_t i = 0; i < seqs.size(); ++i) {
@@ -190,7 +216,10 @@ void RunSchedule(Pair& p, int32_t vocab, uint64_t seed, int32_t decode_steps) {
       }
     }
   }
-  std::printf("[ graphs ] %d steps, max |logit diff| / max |logit| = %.3g\n", steps, worst);
+  std::printf(
+      "[ graphs ] %d steps, max |logit diff| / max |logit| = %.3g, %lld rows sampled on "
+      "the device = CPU reference\n",
+      steps, worst, (long long)sampled_rows);
 }
 
 void CheckStats(const Pair& p, int32_t decode_steps) {
