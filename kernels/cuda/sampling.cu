@@ -317,6 +317,7 @@ __device__ __noinline__ void WalkBins(const Row& row, Shared& sh) {
   pick_bin = __shfl_sync(kFull, pick_bin, owner);
   pick_cum = __shfl_sync(kFull, pick_cum, owner);
   pick_cnt = __shfl_sync(kFull, pick_cnt, owner);
+  __syncwarp();  // every lane has read the state before lane 0 rewrites it
   if (lane != 0) return;
 
   st.gather_next = 0;
