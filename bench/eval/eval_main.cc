@@ -1,7 +1,8 @@
 // kvc-eval: the quality evaluation of KV-cache compression (docs/quality.md).
 //
 // Retrieval (default): RULER-style tasks over held-out prose (bench/eval/tasks.h) at the given
-// context lengths, greedy generation on the CPU backend under the full cache and every
+// context lengths, greedy generation on the CPU backend (or --backend cuda: the CUDA executor,
+// in a build with CUDA) under the full cache and every
 // policy x compression rate, exact-match scoring; writes results.json, score plots (PNG) and
 // prints tables. LongBench (--longbench FILE.jsonl,...): the same sweep over LongBench samples
 // with LongBench's prompts and metrics. Perplexity (--ppl-windows N): teacher-forced next-token
@@ -15,6 +16,8 @@
 //            [--min-kvs-per-head 0]
 //            [--pool-kernel 7] [--no-continual] [--no-decode-scores]
 //            [--block-size 16] [--driver shared|engine] [--wave 4] [--threads N]
+//            [--backend cpu|cuda] [--cuda-device 0] [--slot-cache auto|off|on|verify]
+//            [--slot-read-threads 1] [--fork auto|copy|reprefill]
 //            [--ppl-windows 0] [--ppl-prefix 512] [--ppl-tokens 256] [--ppl-haystack PATH]
 //            [--longbench F1.jsonl,F2.jsonl] [--template STR] [--chat-template STR]
 //            [--max-prompt-tokens N] [--max-new-tokens N]
@@ -179,6 +182,41 @@ Options Parse(int argc, char** argv) {
       o.run.wave_prompts = int_arg(1);
     } else if (a == "--engine-max-seqs") {
       o.run.engine_max_seqs = int_arg(1);
+    } else if (a == "--backend") {
+      auto b = ParseBackend(next());
+      if (!b.ok()) Usage(absl::StrCat("--backend: ", b.status().message()));
+      if (*b == Backend::kCuda && !CudaBackendBuilt()) {
+        Usage("--backend cuda: this kvc-eval was built without CUDA (-DKVC_ENABLE_CUDA=ON)");
+      }
+      o.run.backend = *b;
+    } else if (a == "--cuda-device") {
+      o.run.cuda_device = int_arg(0);
+    } else if (a == "--slot-cache") {
+      const std::string v = next();
+      if (v == "auto") {
+        o.run.slot_cache = SlotCache::kAuto;
+      } else if (v == "off") {
+        o.run.slot_cache = SlotCache::kOff;
+      } else if (v == "on") {
+        o.run.slot_cache = SlotCache::kOn;
+      } else if (v == "verify") {
+        o.run.slot_cache = SlotCache::kVerify;
+      } else {
+        Usage("--slot-cache: auto, off, on or verify");
+      }
+    } else if (a == "--fork") {
+      const std::string v = next();
+      if (v == "auto") {
+        o.run.fork = ForkMode::kAuto;
+      } else if (v == "copy") {
+        o.run.fork = ForkMode::kCopy;
+      } else if (v == "reprefill") {
+        o.run.fork = ForkMode::kReprefill;
+      } else {
+        Usage("--fork: auto, copy or reprefill");
+      }
+    } else if (a == "--slot-read-threads") {
+      o.run.slot_read_threads = int_arg(1);
     } else if (a == "--threads") {
       o.threads = int_arg(1);
     } else if (a == "--ppl-windows") {
@@ -261,10 +299,27 @@ class Progress {
 
 absl::StatusOr<std::vector<std::vector<GenerationResult>>> Run(
     const Options& o, std::shared_ptr<const ModelWeights> w, const std::vector<GenerationJob>& jobs,
-    const std::vector<Variant>& variants, Progress* progress) {
+    const std::vector<Variant>& variants, Progress* progress, RunStats* stats) {
   auto fn = [progress](int64_t d, int64_t t) { (*progress)(d, t); };
   if (o.driver == "engine") return RunWithEngine(w, jobs, variants, o.run, fn);
-  return RunSharedPrefill(w, jobs, variants, o.run, fn);
+  return RunSharedPrefill(w, jobs, variants, o.run, fn, stats);
+}
+
+// Where the shared driver's time went (timing section of results.json).
+nlohmann::json StatsJson(const RunStats& s) {
+  nlohmann::json j;
+  j["prefill_seconds"] = s.prefill_seconds;
+  j["fork_seconds"] = s.fork_seconds;
+  j["compress_seconds"] = s.compress_seconds;
+  j["decode_seconds"] = s.decode_seconds;
+  j["forward_calls"] = s.forward_calls;
+  j["prefills"] = s.prefills;
+  j["reprefill_logits_differ"] = s.reprefill_logits_differ;
+  j["compressions"] = s.compressions;
+  j["slot_block_reads"] = s.slot_block_reads;
+  j["mirror_block_hits"] = s.mirror_block_hits;
+  j["mirror_mismatches"] = s.mirror_mismatches;
+  return j;
 }
 
 std::string Pct(double x) { return std::isfinite(x) ? absl::StrFormat("%5.1f", 100 * x) : "    -"; }
@@ -431,8 +486,19 @@ int Main(int argc, char** argv) {
   const unsigned hw = std::thread::hardware_concurrency();
   nlohmann::json report;
   report["model"] = o.model;
-  report["device"] = absl::StrCat("CPU backend (fp32) on ", CpuName(), ", ",
-                                  o.threads > 0 ? o.threads : static_cast<int32_t>(hw), " threads");
+  if (o.run.backend == Backend::kCuda) {
+    auto gpu = CudaDeviceName(o.run.cuda_device);
+    if (!gpu.ok()) {
+      std::cerr << "kvc-eval: --backend cuda: " << gpu.status() << "\n";
+      return 1;
+    }
+    report["device"] = absl::StrCat("CUDA backend (bf16) on ", *gpu, ", host ", CpuName());
+  } else {
+    report["device"] =
+        absl::StrCat("CPU backend (fp32) on ", CpuName(), ", ",
+                     o.threads > 0 ? o.threads : static_cast<int32_t>(hw), " threads");
+  }
+  report["backend"] = std::string(BackendName(o.run.backend));
   report["driver"] = o.driver;
   nlohmann::json settings;
   settings["protected_window"] = o.run.protected_window;
@@ -443,6 +509,7 @@ int Main(int argc, char** argv) {
   settings["continual"] = o.run.continual;
   settings["decode_scores"] = o.run.decode_scores;
   settings["score_pool_kernel"] = o.run.score_pool_kernel;
+  settings["wave"] = o.run.wave_prompts;
   settings["greedy"] = true;
   report["settings"] = settings;
   nlohmann::json policies_json = nlohmann::json::array();
@@ -507,7 +574,8 @@ int Main(int argc, char** argv) {
         jobs.push_back(std::move(j));
       }
       Progress progress(absl::StrCat("retrieval ", len));
-      auto res = Run(o, *weights, jobs, variants, &progress);
+      RunStats stats;
+      auto res = Run(o, *weights, jobs, variants, &progress, &stats);
       if (!res.ok()) {
         std::cerr << "kvc-eval: " << res.status() << "\n";
         return 1;
@@ -533,10 +601,20 @@ int Main(int argc, char** argv) {
       t["seconds"] = secs;
       t["seconds_per_prompt_all_variants"] = secs / cases.size();
       t["preempted_sequences"] = preempted;
+      if (o.driver == "shared") t["breakdown"] = StatsJson(stats);
       per_length.push_back(t);
       std::cout << absl::StrFormat(
           "retrieval @ %d: %d prompts x %d variants in %.1f s (%.2f s per prompt)\n", len,
           cases.size(), variants.size(), secs, secs / cases.size());
+      if (o.driver == "shared") {
+        std::cout << absl::StrFormat(
+            "  prefill %.1f s (%d prefills, %d re-prefills with other logits than the first), fork "
+            "%.1f s, compress %.1f s (%d plans, %d slot-block reads, %d mirror hits), decode %.1f "
+            "s (%d forward calls)\n",
+            stats.prefill_seconds, stats.prefills, stats.reprefill_logits_differ,
+            stats.fork_seconds, stats.compress_seconds, stats.compressions, stats.slot_block_reads,
+            stats.mirror_block_hits, stats.decode_seconds, stats.forward_calls);
+      }
     }
     timing["retrieval"] = per_length;
     if (!ReportRetrieval(o, variants, outcomes, &report)) return 1;
@@ -604,7 +682,7 @@ int Main(int argc, char** argv) {
         jobs.push_back(std::move(j));
       }
       Progress progress(absl::StrCat("longbench ", dataset));
-      auto res = Run(o, *weights, jobs, variants, &progress);
+      auto res = Run(o, *weights, jobs, variants, &progress, nullptr);
       if (!res.ok()) {
         std::cerr << "kvc-eval: " << res.status() << "\n";
         return 1;

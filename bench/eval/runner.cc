@@ -1,9 +1,13 @@
 #include "bench/eval/runner.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstring>
 #include <map>
 #include <span>
+#include <thread>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -15,6 +19,13 @@
 #include "kvmanager/kv_manager.h"
 #include "worker/cpu_executor.h"
 #include "worker/engine.h"
+#include "worker/executor.h"
+
+#ifdef KVC_EVAL_HAS_CUDA
+#include <cuda_runtime_api.h>
+
+#include "worker/cuda_executor.h"
+#endif
 
 namespace kvc::eval {
 namespace {
@@ -51,6 +62,10 @@ absl::Status ValidateInputs(const ModelWeights& w, const std::vector<Variant>& v
         "protected_window, sink_tokens and min_kvs_per_head must be >= 0");
   }
   if (rs.wave_prompts < 1) return absl::InvalidArgumentError("wave_prompts must be >= 1");
+  if (rs.slot_read_threads < 1) {
+    return absl::InvalidArgumentError("slot_read_threads must be >= 1");
+  }
+  if (rs.cuda_device < 0) return absl::InvalidArgumentError("cuda_device must be >= 0");
   if (rs.engine_max_seqs < 1) return absl::InvalidArgumentError("engine_max_seqs must be >= 1");
   for (const Variant& v : variants) {
     if (!(v.rate >= 1.0) || !std::isfinite(v.rate)) {
@@ -101,14 +116,246 @@ int64_t BlocksBound(const KvLayout& l, const Variant& v, int64_t tokens, int32_t
   return std::min(heads * CeilDiv(tokens, l.block_size), CeilDiv(target, l.block_size) + 3 * heads);
 }
 
+absl::StatusOr<std::unique_ptr<Executor>> MakeExecutor(std::shared_ptr<const ModelWeights> weights,
+                                                       int64_t num_blocks, const RunSettings& rs) {
+  if (rs.backend == Backend::kCpu) {
+    ASSIGN_OR_RETURN(std::unique_ptr<CpuExecutor> e,
+                     CpuExecutor::Create(std::move(weights), num_blocks, rs.block_size));
+    return std::unique_ptr<Executor>(std::move(e));
+  }
+#ifdef KVC_EVAL_HAS_CUDA
+  ASSIGN_OR_RETURN(
+      std::unique_ptr<CudaExecutor> e,
+      CudaExecutor::Create(std::move(weights), num_blocks, rs.block_size, rs.cuda_device));
+  return std::unique_ptr<Executor>(std::move(e));
+#else
+  return absl::UnimplementedError(
+      "backend cuda: this kvc-eval was built without CUDA (configure with -DKVC_ENABLE_CUDA=ON)");
+#endif
+}
+
+double SecondsSince(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Host memory for the mirror: page-locked on CUDA (device->host copies into it skip the driver's
+// staging buffer), ordinary otherwise.
+template <typename T>
+class HostArray {
+ public:
+  HostArray() = default;
+  HostArray(const HostArray&) = delete;
+  HostArray& operator=(const HostArray&) = delete;
+  ~HostArray() { Release(); }
+  absl::Status Allocate(int64_t n, bool pinned) {
+    Release();
+#ifdef KVC_EVAL_HAS_CUDA
+    if (pinned) {
+      void* p = nullptr;
+      const cudaError_t err = cudaMallocHost(&p, sizeof(T) * static_cast<size_t>(n));
+      if (err != cudaSuccess) {
+        cudaGetLastError();
+        return absl::ResourceExhaustedError(absl::StrCat("slot mirror: cudaMallocHost of ", n,
+                                                         " entries: ", cudaGetErrorString(err)));
+      }
+      data_ = static_cast<T*>(p);
+      pinned_ = true;
+      return absl::OkStatus();
+    }
+#endif
+    (void)pinned;
+    owned_.assign(static_cast<size_t>(n), T{});
+    data_ = owned_.data();
+    return absl::OkStatus();
+  }
+  T* data() const { return data_; }
+
+ private:
+  void Release() {
+#ifdef KVC_EVAL_HAS_CUDA
+    if (pinned_ && data_ != nullptr) cudaFreeHost(data_);
+#endif
+    pinned_ = false;
+    data_ = nullptr;
+    owned_.clear();
+  }
+  std::vector<T> owned_;
+  T* data_ = nullptr;
+  bool pinned_ = false;
+};
+
+// An exact host mirror of an executor's per-slot scores and positions (see runner.h, "Slot
+// mirror"). Each slot is valid (equal to the executor's) or stale; a read of a block with a stale
+// slot in range re-reads the whole block from the executor. The owner reports every change the
+// executor makes: Forward() writes (Invalidate*) and MoveKvs() moves (ApplyMoves).
+class SlotMirror final : public KvSlotReader {
+ public:
+  static absl::StatusOr<std::unique_ptr<SlotMirror>> Create(const KvSlotReader& source,
+                                                            int64_t num_blocks, int32_t block_size,
+                                                            bool pinned, bool verify,
+                                                            int32_t threads) {
+    std::unique_ptr<SlotMirror> m(new SlotMirror(source, num_blocks, block_size, verify, threads));
+    const int64_t n = num_blocks * block_size;
+    RETURN_IF_ERROR(m->scores_.Allocate(n, pinned));
+    RETURN_IF_ERROR(m->positions_.Allocate(n, pinned));
+    m->valid_.assign(static_cast<size_t>(n), 0);
+    return m;
+  }
+
+  float Score(int32_t block, int32_t offset) const override {
+    if (!InRange(block, offset)) return source_.Score(block, offset);
+    EnsureValid(block, offset + 1);
+    return scores_.data()[Index(block, offset)];
+  }
+  int32_t Position(int32_t block, int32_t offset) const override {
+    if (!InRange(block, offset)) return source_.Position(block, offset);
+    EnsureValid(block, offset + 1);
+    return positions_.data()[Index(block, offset)];
+  }
+  void ReadBlock(int32_t block, int32_t count, float* scores, int32_t* positions) const override {
+    if (count <= 0) return;
+    if (!InRange(block, count - 1)) {
+      source_.ReadBlock(block, count, scores, positions);
+      return;
+    }
+    EnsureValid(block, count);
+    std::memcpy(scores, scores_.data() + Index(block, 0), sizeof(float) * count);
+    std::memcpy(positions, positions_.data() + Index(block, 0), sizeof(int32_t) * count);
+  }
+
+  // Slots [begin, end) of `block` may have changed in the executor.
+  void Invalidate(int32_t block, int32_t begin, int32_t end) {
+    if (block < 0 || block >= num_blocks_) return;
+    begin = std::max(begin, 0);
+    end = std::min(end, block_size_);
+    if (begin < end) std::memset(valid_.data() + Index(block, begin), 0, end - begin);
+  }
+  // Every slot of every block of `tables`.
+  void InvalidateAll(const SequenceBlockTables& tables) {
+    for (const HeadBlockTable& h : tables.heads) {
+      for (int32_t b : h.blocks) Invalidate(b, 0, block_size_);
+    }
+  }
+  // The executor ran these moves (in order): replay them.
+  void ApplyMoves(std::span<const KvMove> moves) {
+    for (const KvMove& m : moves) {
+      if (!InRange(m.src_block, m.src_offset) || !InRange(m.dst_block, m.dst_offset)) continue;
+      const int64_t s = Index(m.src_block, m.src_offset), d = Index(m.dst_block, m.dst_offset);
+      scores_.data()[d] = scores_.data()[s];
+      positions_.data()[d] = positions_.data()[s];
+      valid_[d] = valid_[s];
+    }
+  }
+  // Reads every block of `tables` holding a stale slot below its head's num_kvs: one
+  // KvSlotReader::Prefetch of those blocks (one gather and copy on CUDA), then per-block reads
+  // (served by the source's prefetch; split over `threads`).
+  void Prefetch(const SequenceBlockTables& tables) {
+    std::vector<int32_t> stale;
+    for (const HeadBlockTable& h : tables.heads) {
+      for (size_t j = 0; j < h.blocks.size(); ++j) {
+        const int32_t count = std::min<int32_t>(block_size_, h.num_kvs - j * block_size_);
+        if (count > 0 && InRange(h.blocks[j], count - 1) && !Valid(h.blocks[j], count)) {
+          stale.push_back(h.blocks[j]);
+        }
+      }
+    }
+    PrefetchBlocks(stale);
+  }
+  void PrefetchBlocks(const std::vector<int32_t>& blocks) {
+    if (blocks.empty()) return;
+    SequenceBlockTables stale;
+    stale.heads.resize(1);
+    stale.heads[0].blocks = blocks;
+    stale.heads[0].num_kvs = static_cast<int32_t>(blocks.size()) * block_size_;
+    source_.Prefetch(stale);
+    const int64_t n = static_cast<int64_t>(blocks.size());
+    const int64_t t = std::min<int64_t>(threads_, (n + 63) / 64);
+    if (t <= 1) {
+      for (int32_t b : blocks) Load(b);
+      return;
+    }
+    std::vector<std::thread> pool;
+    for (int64_t k = 0; k < t; ++k) {
+      pool.emplace_back([&, k] {
+        for (int64_t i = k; i < n; i += t) Load(blocks[i]);
+      });
+    }
+    for (auto& th : pool) th.join();
+  }
+
+  int64_t block_reads() const { return block_reads_.load(); }
+  int64_t hits() const { return hits_; }
+  int64_t mismatches() const { return mismatches_; }
+
+ private:
+  SlotMirror(const KvSlotReader& source, int64_t num_blocks, int32_t block_size, bool verify,
+             int32_t threads)
+      : source_(source),
+        num_blocks_(num_blocks),
+        block_size_(block_size),
+        verify_(verify),
+        threads_(std::max(1, threads)) {}
+
+  bool InRange(int32_t block, int32_t offset) const {
+    return block >= 0 && block < num_blocks_ && offset >= 0 && offset < block_size_;
+  }
+  int64_t Index(int32_t block, int32_t offset) const {
+    return static_cast<int64_t>(block) * block_size_ + offset;
+  }
+  bool Valid(int32_t block, int32_t count) const {
+    const uint8_t* v = valid_.data() + Index(block, 0);
+    for (int32_t i = 0; i < count; ++i) {
+      if (!v[i]) return false;
+    }
+    return true;
+  }
+  // Reads the whole block from the executor (thread-safe for distinct blocks).
+  void Load(int32_t block) const {
+    const int64_t i = Index(block, 0);
+    source_.ReadBlock(block, block_size_, scores_.data() + i, positions_.data() + i);
+    std::memset(valid_.data() + i, 1, block_size_);
+    block_reads_.fetch_add(1, std::memory_order_relaxed);
+  }
+  void EnsureValid(int32_t block, int32_t count) const {
+    if (!Valid(block, count)) {
+      Load(block);
+      return;
+    }
+    ++hits_;
+    if (!verify_) return;
+    std::vector<float> s(block_size_);
+    std::vector<int32_t> p(block_size_);
+    source_.ReadBlock(block, count, s.data(), p.data());
+    const int64_t i = Index(block, 0);
+    if (std::memcmp(s.data(), scores_.data() + i, sizeof(float) * count) != 0 ||
+        std::memcmp(p.data(), positions_.data() + i, sizeof(int32_t) * count) != 0) {
+      ++mismatches_;
+    }
+  }
+
+  const KvSlotReader& source_;
+  const int64_t num_blocks_;
+  const int32_t block_size_;
+  const bool verify_;
+  const int32_t threads_;
+  HostArray<float> scores_;
+  HostArray<int32_t> positions_;
+  mutable std::vector<uint8_t> valid_;
+  mutable std::atomic<int64_t> block_reads_{0};
+  mutable int64_t hits_ = 0;
+  mutable int64_t mismatches_ = 0;
+};
+
 // ---- The shared-prefill machinery: one executor + KV manager, sequences forked from a base ----
 class ForkSession {
  public:
   static absl::StatusOr<std::unique_ptr<ForkSession>> Create(
-      std::shared_ptr<const ModelWeights> weights, const RunSettings& rs, int64_t num_blocks) {
+      std::shared_ptr<const ModelWeights> weights, const RunSettings& rs, int64_t num_blocks,
+      RunStats* stats) {
     std::unique_ptr<ForkSession> s(new ForkSession());
     s->rs_ = rs;
-    ASSIGN_OR_RETURN(s->exec_, CpuExecutor::Create(std::move(weights), num_blocks, rs.block_size));
+    s->stats_ = stats != nullptr ? stats : &s->own_stats_;
+    ASSIGN_OR_RETURN(s->exec_, MakeExecutor(std::move(weights), num_blocks, rs));
     KvManagerOptions ko;
     ko.layout = s->exec_->layout();
     ASSIGN_OR_RETURN(s->kv_, KvManager::Create(ko));
@@ -119,15 +366,31 @@ class ForkSession {
           CompressionPolicyKind::kRandom}) {
       s->policies_[k] = MakeCompressionPolicy(k, po);
     }
+    const SlotCache mode = rs.slot_cache != SlotCache::kAuto ? rs.slot_cache
+                           : rs.backend == Backend::kCuda    ? SlotCache::kOn
+                                                             : SlotCache::kOff;
+    s->reprefill_ = rs.fork == ForkMode::kReprefill ||
+                    (rs.fork == ForkMode::kAuto && rs.backend == Backend::kCuda);
+    if (mode != SlotCache::kOff) {
+      ASSIGN_OR_RETURN(
+          s->mirror_,
+          SlotMirror::Create(s->exec_->slot_reader(), num_blocks, rs.block_size,
+                             /*pinned=*/rs.backend == Backend::kCuda,
+                             /*verify=*/mode == SlotCache::kVerify, rs.slot_read_threads));
+    }
     return s;
   }
 
   KvManager& kv() { return *kv_; }
   const KvLayout& layout() const { return kv_->layout(); }
+  const KvSlotReader& reader() const {
+    return mirror_ ? static_cast<const KvSlotReader&>(*mirror_) : exec_->slot_reader();
+  }
 
   // Prefills `prompt` as a new uncompressed sequence, collecting the observation-window scores;
   // copies its last logits row into *logits.
   absl::StatusOr<int64_t> Prefill(std::span<const int32_t> prompt, std::vector<float>* logits) {
+    const auto t0 = std::chrono::steady_clock::now();
     const int64_t id = next_id_++;
     RETURN_IF_ERROR(kv_->AddSequence(id));
     RETURN_IF_ERROR(Reserve(id, static_cast<int32_t>(prompt.size())));
@@ -143,19 +406,39 @@ class ForkSession {
     f.score_pool = true;
     batch.seqs.push_back(f);
     RETURN_IF_ERROR(exec_->Forward(batch, &out_));
+    if (mirror_) mirror_->InvalidateAll(*f.tables);
     logits->assign(out_.logits.begin(), out_.logits.begin() + out_.vocab_size);
+    stats_->forward_calls++;
+    stats_->prefills++;
+    stats_->prefill_seconds += SecondsSince(t0);
     return id;
   }
 
-  // A new sequence holding a slot-for-slot copy of `base`'s KV cache (K, V, score, position).
-  absl::StatusOr<int64_t> Fork(int64_t base) {
+  // A new sequence holding `base`'s KV cache (K, V, score and position of every slot), and in
+  // *logits its last logits row. ForkMode::kCopy copies the slots (Executor::MoveKvs) and the
+  // base's logits `base_logits`; kReprefill prefills `prompt` (the base's tokens) again, as the
+  // engine prefills every request, and returns that prefill's own logits.
+  absl::StatusOr<int64_t> Fork(int64_t base, std::span<const int32_t> prompt,
+                               std::span<const float> base_logits, std::vector<float>* logits) {
+    if (reprefill_) {
+      ASSIGN_OR_RETURN(int64_t id, Prefill(prompt, logits));
+      if (!std::equal(logits->begin(), logits->end(), base_logits.begin(), base_logits.end())) {
+        stats_->reprefill_logits_differ++;
+      }
+      return id;
+    }
+    logits->assign(base_logits.begin(), base_logits.end());
+    const auto t0 = std::chrono::steady_clock::now();
     ASSIGN_OR_RETURN(SequenceUsage u, kv_->Usage(base));
     const int64_t id = next_id_++;
     RETURN_IF_ERROR(kv_->AddSequence(id));
     RETURN_IF_ERROR(Reserve(id, static_cast<int32_t>(u.tokens)));
     const SequenceBlockTables* src = kv_->Tables(base);
     const SequenceBlockTables* dst = kv_->Tables(id);
+    // The copies come from the mirror too: load the base's stale blocks once, for all forks.
+    if (mirror_) mirror_->Prefetch(*src);
     const int32_t b = layout().block_size;
+    moves_.clear();
     for (size_t h = 0; h < src->heads.size(); ++h) {
       const HeadBlockTable& sh = src->heads[h];
       const HeadBlockTable& dh = dst->heads[h];
@@ -163,26 +446,71 @@ class ForkSession {
         return absl::FailedPreconditionError("Fork: the base sequence is compressed");
       }
       for (int32_t s = 0; s < sh.num_kvs; ++s) {
-        RETURN_IF_ERROR(exec_->MoveKv(sh.blocks[s / b], s % b, dh.blocks[s / b], s % b));
+        KvMove m;
+        m.src_slot = m.dst_slot = s;
+        m.src_block = sh.blocks[s / b];
+        m.src_offset = m.dst_offset = s % b;
+        m.dst_block = dh.blocks[s / b];
+        moves_.push_back(m);
       }
     }
+    RETURN_IF_ERROR(exec_->MoveKvs(moves_));
+    if (mirror_) mirror_->ApplyMoves(moves_);
+    stats_->fork_seconds += SecondsSince(t0);
     return id;
+  }
+
+  // Ends a sequence: its blocks go back to the pool, the executor drops its per-sequence state.
+  absl::Status Free(int64_t id) {
+    RETURN_IF_ERROR(kv_->FreeSequence(id));
+    exec_->ForgetSequence(id);
+    return absl::OkStatus();
+  }
+  // Ends every sequence still registered.
+  absl::Status FreeAll() {
+    for (int64_t id : kv_->SequenceIds()) RETURN_IF_ERROR(Free(id));
+    return absl::OkStatus();
+  }
+
+  // Blocks Compress() would free now (0: nothing to do).
+  absl::StatusOr<int64_t> BlocksToEvict(int64_t id, const Variant& v) const {
+    if (v.full()) return 0;
+    return kv_->EvictBlocksForBudget(id, SettingsFor(v, rs_));
+  }
+
+  // Loads the stale mirror blocks of every sequence in `ids` (in parallel) ahead of planning.
+  void PrefetchSlots(const std::vector<int64_t>& ids) {
+    if (!mirror_ || ids.empty()) return;
+    const auto t0 = std::chrono::steady_clock::now();
+    // One pass over all sequences so that the reads of all of them run in parallel.
+    SequenceBlockTables all;
+    for (int64_t id : ids) {
+      const SequenceBlockTables* t = kv_->Tables(id);
+      if (t != nullptr) all.heads.insert(all.heads.end(), t->heads.begin(), t->heads.end());
+    }
+    mirror_->Prefetch(all);
+    stats_->compress_seconds += SecondsSince(t0);
   }
 
   // Engine::Compress: plan with the variant's policy to its budget, apply, run the moves.
   absl::Status Compress(int64_t id, const Variant& v, uint64_t policy_seed,
                         CompressionTrigger trigger) {
     if (v.full()) return absl::OkStatus();
+    const auto t0 = std::chrono::steady_clock::now();
     const CompressionSettings cs = SettingsFor(v, rs_);
     ASSIGN_OR_RETURN(int64_t evict, kv_->EvictBlocksForBudget(id, cs));
     if (evict <= 0) return absl::OkStatus();
     ASSIGN_OR_RETURN(EvictionPlan plan,
-                     PlanSequenceEviction(*kv_, id, exec_->slot_reader(), evict, cs.constraints,
-                                          policy_seed, *policies_.at(v.policy)));
+                     PlanSequenceEviction(*kv_, id, reader(), evict, cs.constraints, policy_seed,
+                                          *policies_.at(v.policy)));
     if (plan.empty()) return absl::OkStatus();
     std::vector<KvMove> moves;
     RETURN_IF_ERROR(kv_->ApplyEviction(id, plan, trigger, &moves));
-    return exec_->MoveKvs(moves);
+    RETURN_IF_ERROR(exec_->MoveKvs(moves));
+    if (mirror_) mirror_->ApplyMoves(moves);
+    stats_->compressions++;
+    stats_->compress_seconds += SecondsSince(t0);
+    return absl::OkStatus();
   }
 
   struct Row {
@@ -194,6 +522,7 @@ class ForkSession {
   // Appends one token to each row's sequence and runs one decode forward pass; logits() then
   // holds one row per input row.
   absl::Status Decode(const std::vector<Row>& rows) {
+    const auto t0 = std::chrono::steady_clock::now();
     tokens_.resize(rows.size());
     for (size_t i = 0; i < rows.size(); ++i) {
       RETURN_IF_ERROR(Reserve(rows[i].id, 1));
@@ -210,10 +539,40 @@ class ForkSession {
       f.score_queries = rows[i].scores && rs_.decode_scores ? 1 : 0;
       batch.seqs.push_back(f);
     }
-    return exec_->Forward(batch, &out_);
+    RETURN_IF_ERROR(exec_->Forward(batch, &out_));
+    if (mirror_) {
+      // Scores change in every slot a scoring query saw; otherwise only the new slot is written.
+      const int32_t b = layout().block_size;
+      for (const ForwardSequence& f : batch.seqs) {
+        if (f.score_queries > 0) {
+          mirror_->InvalidateAll(*f.tables);
+          continue;
+        }
+        for (const HeadBlockTable& h : f.tables->heads) {
+          const int32_t slot = h.num_kvs - 1;
+          if (slot >= 0) mirror_->Invalidate(h.blocks[slot / b], slot % b, slot % b + 1);
+        }
+      }
+    }
+    stats_->forward_calls++;
+    stats_->decode_seconds += SecondsSince(t0);
+    return absl::OkStatus();
   }
   std::span<const float> logits(size_t row) const {
     return std::span<const float>(out_.logits.data() + row * out_.vocab_size, out_.vocab_size);
+  }
+
+  // Copies the mirror's counters into the stats; INTERNAL if a verified read differed.
+  absl::Status Finish() {
+    if (!mirror_) return absl::OkStatus();
+    stats_->slot_block_reads += mirror_->block_reads();
+    stats_->mirror_block_hits += mirror_->hits();
+    stats_->mirror_mismatches += mirror_->mismatches();
+    if (mirror_->mismatches() > 0) {
+      return absl::InternalError(absl::StrCat("slot mirror: ", mirror_->mismatches(),
+                                              " mirrored block reads differed from the executor"));
+    }
+    return absl::OkStatus();
   }
 
  private:
@@ -229,11 +588,16 @@ class ForkSession {
   }
 
   RunSettings rs_;
-  std::unique_ptr<CpuExecutor> exec_;
+  RunStats own_stats_;
+  RunStats* stats_ = nullptr;
+  std::unique_ptr<Executor> exec_;
   std::unique_ptr<KvManager> kv_;
+  std::unique_ptr<SlotMirror> mirror_;
+  bool reprefill_ = false;
   std::map<CompressionPolicyKind, std::unique_ptr<CompressionPolicy>> policies_;
   ForwardOutput out_;
   std::vector<int32_t> tokens_;
+  std::vector<KvMove> moves_;
   int64_t next_id_ = 1;
 };
 
@@ -250,6 +614,39 @@ double NegLogLikelihood(std::span<const float> row, int32_t target) {
 std::string VariantName(const Variant& v) {
   if (v.full()) return "full";
   return absl::StrFormat("%s@%g", CompressionPolicyName(v.policy), v.rate);
+}
+
+std::string_view BackendName(Backend b) { return b == Backend::kCuda ? "cuda" : "cpu"; }
+
+absl::StatusOr<Backend> ParseBackend(std::string_view name) {
+  if (name == "cpu") return Backend::kCpu;
+  if (name == "cuda") return Backend::kCuda;
+  return absl::InvalidArgumentError(
+      absl::StrCat("backend '", std::string(name), "': expected cpu or cuda"));
+}
+
+bool CudaBackendBuilt() {
+#ifdef KVC_EVAL_HAS_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+absl::StatusOr<std::string> CudaDeviceName(int32_t device) {
+#ifdef KVC_EVAL_HAS_CUDA
+  cudaDeviceProp prop;
+  const cudaError_t err = cudaGetDeviceProperties(&prop, device);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    return absl::UnavailableError(
+        absl::StrCat("CUDA device ", device, ": ", cudaGetErrorString(err)));
+  }
+  return std::string(prop.name);
+#else
+  return absl::UnimplementedError(
+      absl::StrCat("CUDA device ", device, ": this kvc-eval was built without CUDA"));
+#endif
 }
 
 absl::StatusOr<Variant> ParseVariantName(std::string_view name) {
@@ -280,8 +677,7 @@ absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunWithEngine(
   const int64_t heads = static_cast<int64_t>(c.num_hidden_layers) * c.num_key_value_heads;
   // Room for engine_max_seqs uncompressed sequences at their longest: nothing is ever preempted.
   const int64_t num_blocks = rs.engine_max_seqs * heads * CeilDiv(max_len, rs.block_size) + heads;
-  ASSIGN_OR_RETURN(std::unique_ptr<CpuExecutor> exec,
-                   CpuExecutor::Create(weights, num_blocks, rs.block_size));
+  ASSIGN_OR_RETURN(std::unique_ptr<Executor> exec, MakeExecutor(weights, num_blocks, rs));
   KvManagerOptions ko;
   ko.layout = exec->layout();
   ASSIGN_OR_RETURN(std::unique_ptr<KvManager> kv, KvManager::Create(ko));
@@ -337,7 +733,8 @@ absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunWithEngine(
 
 absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunSharedPrefill(
     std::shared_ptr<const ModelWeights> weights, const std::vector<GenerationJob>& jobs,
-    const std::vector<Variant>& variants, const RunSettings& rs, const ProgressFn& progress) {
+    const std::vector<Variant>& variants, const RunSettings& rs, const ProgressFn& progress,
+    RunStats* stats) {
   if (weights == nullptr) return absl::InvalidArgumentError("weights are null");
   RETURN_IF_ERROR(ValidateInputs(*weights, variants, rs));
   RETURN_IF_ERROR(ValidateJobs(*weights, jobs));
@@ -357,7 +754,7 @@ absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunSharedPrefill(
   const int64_t num_blocks =
       wave * per_job + BlocksBound(probe, Variant{}, max_len, rs.protected_window);
   ASSIGN_OR_RETURN(std::unique_ptr<ForkSession> session,
-                   ForkSession::Create(weights, rs, num_blocks));
+                   ForkSession::Create(weights, rs, num_blocks, stats));
   KvManager& kv = session->kv();
 
   struct Seq {
@@ -394,7 +791,7 @@ absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunSharedPrefill(
   };
 
   int64_t done = 0;
-  std::vector<float> logits;
+  std::vector<float> logits, fork_logits;
   for (size_t w0 = 0; w0 < jobs.size(); w0 += wave) {
     const size_t w1 = std::min(jobs.size(), w0 + static_cast<size_t>(wave));
     std::vector<Seq> active;
@@ -402,25 +799,26 @@ absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunSharedPrefill(
     for (size_t i = w0; i < w1; ++i) {
       const GenerationJob& job = jobs[i];
       ASSIGN_OR_RETURN(int64_t base, session->Prefill(job.prompt, &logits));
-      const int32_t first = ArgmaxToken(logits);
       bool base_used = false;
       for (size_t v = 0; v < variants.size(); ++v) {
         Seq s;
         s.job = i;
         s.variant = v;
-        s.tokens = job.prompt;
-        s.tokens.push_back(first);
-        s.generated = 1;
         if (variants[v].full() && !base_used) {
           s.id = base;
           s.shares_base = true;
           base_used = true;
+          fork_logits = logits;
         } else {
-          ASSIGN_OR_RETURN(s.id, session->Fork(base));
+          ASSIGN_OR_RETURN(s.id, session->Fork(base, job.prompt, logits, &fork_logits));
         }
+        const int32_t first = ArgmaxToken(fork_logits);
+        s.tokens = job.prompt;
+        s.tokens.push_back(first);
+        s.generated = 1;
         if (finished(s, first)) {
           RETURN_IF_ERROR(finish(s));
-          if (!s.shares_base) RETURN_IF_ERROR(kv.FreeSequence(s.id));
+          if (!s.shares_base) RETURN_IF_ERROR(session->Free(s.id));
           continue;
         }
         // Compress right after the prefill (the engine's prefill trigger).
@@ -431,12 +829,19 @@ absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunSharedPrefill(
       if (!base_used) bases_to_free.push_back(base);
     }
     // Forks are done: a base that no variant decodes on is no longer needed.
-    for (int64_t b : bases_to_free) RETURN_IF_ERROR(kv.FreeSequence(b));
+    for (int64_t b : bases_to_free) RETURN_IF_ERROR(session->Free(b));
     std::vector<ForkSession::Row> rows;
     while (!active.empty()) {
       rows.clear();
-      for (Seq& s : active) {
-        if (rs.continual) {
+      if (rs.continual) {
+        // Read the slots of every sequence about to compress at once (in parallel on a mirror).
+        std::vector<int64_t> over;
+        for (const Seq& s : active) {
+          ASSIGN_OR_RETURN(int64_t evict, session->BlocksToEvict(s.id, variants[s.variant]));
+          if (evict > 0) over.push_back(s.id);
+        }
+        session->PrefetchSlots(over);
+        for (Seq& s : active) {
           RETURN_IF_ERROR(session->Compress(s.id, variants[s.variant], PolicySeed(jobs[s.job].seed),
                                             CompressionTrigger::kContinual));
         }
@@ -458,7 +863,7 @@ absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunSharedPrefill(
         s.generated++;
         if (finished(s, tok)) {
           RETURN_IF_ERROR(finish(s));
-          RETURN_IF_ERROR(kv.FreeSequence(s.id));
+          RETURN_IF_ERROR(session->Free(s.id));
         } else {
           still.push_back(std::move(s));
         }
@@ -466,19 +871,20 @@ absl::StatusOr<std::vector<std::vector<GenerationResult>>> RunSharedPrefill(
       active = std::move(still);
     }
     // Bases whose full variant finished at its first token are still registered.
-    for (int64_t id : kv.SequenceIds()) RETURN_IF_ERROR(kv.FreeSequence(id));
+    RETURN_IF_ERROR(session->FreeAll());
     for (size_t i = w0; i < w1; ++i) {
       ++done;
       if (progress) progress(done, static_cast<int64_t>(jobs.size()));
     }
   }
+  RETURN_IF_ERROR(session->Finish());
   return results;
 }
 
 absl::StatusOr<std::vector<PerplexityResult>> RunPerplexity(
     std::shared_ptr<const ModelWeights> weights, const std::vector<std::vector<int32_t>>& windows,
     int32_t prefix_len, const std::vector<Variant>& variants, const RunSettings& rs,
-    const ProgressFn& progress) {
+    const ProgressFn& progress, RunStats* stats) {
   if (weights == nullptr) return absl::InvalidArgumentError("weights are null");
   RETURN_IF_ERROR(ValidateInputs(*weights, variants, rs));
   if (windows.empty()) return absl::InvalidArgumentError("no perplexity windows");
@@ -503,12 +909,12 @@ absl::StatusOr<std::vector<PerplexityResult>> RunPerplexity(
     per_window += BlocksBound(probe, v, max_len, rs.protected_window);
   const int64_t wave = std::min<int64_t>(rs.wave_prompts, static_cast<int64_t>(windows.size()));
   ASSIGN_OR_RETURN(std::unique_ptr<ForkSession> session,
-                   ForkSession::Create(weights, rs, wave * per_window + per_window));
+                   ForkSession::Create(weights, rs, wave * per_window + per_window, stats));
   KvManager& kv = session->kv();
 
   std::vector<double> nll(variants.size(), 0.0), kept(variants.size(), 0.0);
   std::vector<int64_t> count(variants.size(), 0);
-  std::vector<float> logits;
+  std::vector<float> logits, fork_logits;
   int64_t done = 0;
   for (size_t w0 = 0; w0 < windows.size(); w0 += wave) {
     const size_t w1 = std::min(windows.size(), w0 + static_cast<size_t>(wave));
@@ -521,22 +927,32 @@ absl::StatusOr<std::vector<PerplexityResult>> RunPerplexity(
       const auto& win = windows[i];
       ASSIGN_OR_RETURN(int64_t base,
                        session->Prefill(std::span<const int32_t>(win).first(prefix_len), &logits));
-      const double first = NegLogLikelihood(logits, win[prefix_len]);
       for (size_t v = 0; v < variants.size(); ++v) {
-        nll[v] += first;
+        ASSIGN_OR_RETURN(
+            int64_t id, session->Fork(base, std::span<const int32_t>(win).first(prefix_len), logits,
+                                      &fork_logits));
+        nll[v] += NegLogLikelihood(fork_logits, win[prefix_len]);
         count[v] += 1;
-        ASSIGN_OR_RETURN(int64_t id, session->Fork(base));
         RETURN_IF_ERROR(
             session->Compress(id, variants[v], PolicySeed(i), CompressionTrigger::kPrefill));
         seqs.push_back({i, v, id});
       }
-      RETURN_IF_ERROR(kv.FreeSequence(base));
+      RETURN_IF_ERROR(session->Free(base));
     }
     // Teacher forcing: step t feeds token prefix_len + t and scores token prefix_len + t + 1.
     std::vector<ForkSession::Row> rows;
     for (int64_t t = 0;; ++t) {
       rows.clear();
       std::vector<size_t> live;
+      if (rs.continual) {
+        std::vector<int64_t> over;
+        for (const Seq& q : seqs) {
+          if (prefix_len + t + 1 >= static_cast<int64_t>(windows[q.window].size())) continue;
+          ASSIGN_OR_RETURN(int64_t evict, session->BlocksToEvict(q.id, variants[q.variant]));
+          if (evict > 0) over.push_back(q.id);
+        }
+        session->PrefetchSlots(over);
+      }
       for (size_t k = 0; k < seqs.size(); ++k) {
         const auto& win = windows[seqs[k].window];
         if (prefix_len + t + 1 >= static_cast<int64_t>(win.size())) continue;
@@ -565,13 +981,14 @@ absl::StatusOr<std::vector<PerplexityResult>> RunPerplexity(
     for (const Seq& s : seqs) {
       ASSIGN_OR_RETURN(SequenceUsage u, kv.Usage(s.id));
       kept[s.variant] += static_cast<double>(u.kvs_held) / static_cast<double>(u.kvs_uncompressed);
-      RETURN_IF_ERROR(kv.FreeSequence(s.id));
+      RETURN_IF_ERROR(session->Free(s.id));
     }
     for (size_t i = w0; i < w1; ++i) {
       ++done;
       if (progress) progress(done, static_cast<int64_t>(windows.size()));
     }
   }
+  RETURN_IF_ERROR(session->Finish());
   std::vector<PerplexityResult> out;
   for (size_t v = 0; v < variants.size(); ++v) {
     PerplexityResult r;

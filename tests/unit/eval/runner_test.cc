@@ -203,5 +203,120 @@ TEST(RunnerTest, FullCachePerplexityEqualsOneForwardPass) {
   }
 }
 
+// The exact slot mirror (RunSettings::slot_cache, the default on CUDA) changes no result: on the
+// CPU, runs with the mirror (verified against the executor on every mirrored read, parallel
+// reads) equal runs without it, token for token, and the mirror really serves the planners.
+TEST(RunnerTest, SlotMirrorIsExactAndServesThePlanners) {
+  auto jobs = Jobs();
+  RunSettings off = SmallSettings();
+  off.slot_cache = SlotCache::kOff;
+  RunStats off_stats;
+  auto base = RunSharedPrefill(Model(), jobs, kVariants, off, nullptr, &off_stats);
+  ASSERT_TRUE(base.ok()) << base.status();
+  EXPECT_EQ(off_stats.slot_block_reads, 0);
+  EXPECT_EQ(off_stats.mirror_block_hits, 0);
+  EXPECT_GT(off_stats.compressions, 0);
+  for (int threads : {1, 3}) {
+    SCOPED_TRACE(testing::Message() << threads << " read threads");
+    RunSettings on = SmallSettings();
+    on.slot_cache = SlotCache::kVerify;
+    on.slot_read_threads = threads;
+    RunStats stats;
+    auto mirrored = RunSharedPrefill(Model(), jobs, kVariants, on, nullptr, &stats);
+    ASSERT_TRUE(mirrored.ok()) << mirrored.status();
+    EXPECT_EQ(stats.mirror_mismatches, 0);
+    EXPECT_GT(stats.slot_block_reads, 0);
+    EXPECT_GT(stats.mirror_block_hits, 0);
+    EXPECT_EQ(stats.compressions, off_stats.compressions);
+    EXPECT_EQ(stats.forward_calls, off_stats.forward_calls);
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      for (size_t v = 0; v < kVariants.size(); ++v) {
+        SCOPED_TRACE(testing::Message() << "prompt " << i << " " << VariantName(kVariants[v]));
+        EXPECT_EQ((*mirrored)[i][v].tokens, (*base)[i][v].tokens);
+        EXPECT_EQ((*mirrored)[i][v].kvs_held, (*base)[i][v].kvs_held);
+        EXPECT_EQ((*mirrored)[i][v].compressions, (*base)[i][v].compressions);
+      }
+    }
+  }
+  // Perplexity drives the same session: identical losses with the mirror.
+  auto windows = Gen().ProseWindows(2, 80);
+  ASSERT_TRUE(windows.ok()) << windows.status();
+  RunSettings on = SmallSettings();
+  on.slot_cache = SlotCache::kVerify;
+  RunStats ppl_stats;
+  auto p_on = RunPerplexity(Model(), *windows, 48, kVariants, on, nullptr, &ppl_stats);
+  auto p_off = RunPerplexity(Model(), *windows, 48, kVariants, off);
+  ASSERT_TRUE(p_on.ok()) << p_on.status();
+  ASSERT_TRUE(p_off.ok()) << p_off.status();
+  EXPECT_EQ(ppl_stats.mirror_mismatches, 0);
+  EXPECT_GT(ppl_stats.mirror_block_hits, 0);
+  for (size_t v = 0; v < kVariants.size(); ++v) {
+    EXPECT_EQ((*p_on)[v].mean_nll, (*p_off)[v].mean_nll) << VariantName(kVariants[v]);
+    EXPECT_EQ((*p_on)[v].kept_fraction, (*p_off)[v].kept_fraction);
+  }
+}
+
+// Forking by re-prefill (the CUDA default) gives the copied fork's results on the CPU, where a
+// prefill is deterministic: every re-prefill reproduces the base's logits bit for bit.
+TEST(RunnerTest, ReprefillForkEqualsCopiedFork) {
+  auto jobs = Jobs();
+  RunSettings copy = SmallSettings();
+  copy.fork = ForkMode::kCopy;
+  RunSettings re = SmallSettings();
+  re.fork = ForkMode::kReprefill;
+  re.slot_cache = SlotCache::kVerify;
+  RunStats copy_stats, re_stats;
+  auto a = RunSharedPrefill(Model(), jobs, kVariants, copy, nullptr, &copy_stats);
+  auto b = RunSharedPrefill(Model(), jobs, kVariants, re, nullptr, &re_stats);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_EQ(copy_stats.prefills, 3);
+  EXPECT_GT(copy_stats.fork_seconds, 0);
+  // One prefill per (prompt, compressed variant) more; the full variant decodes on the base.
+  EXPECT_EQ(re_stats.prefills, 3 * static_cast<int64_t>(kVariants.size()));
+  EXPECT_EQ(re_stats.reprefill_logits_differ, 0);
+  EXPECT_EQ(re_stats.mirror_mismatches, 0);
+  EXPECT_EQ(re_stats.compressions, copy_stats.compressions);
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    for (size_t v = 0; v < kVariants.size(); ++v) {
+      SCOPED_TRACE(testing::Message() << "prompt " << i << " " << VariantName(kVariants[v]));
+      EXPECT_EQ((*b)[i][v].tokens, (*a)[i][v].tokens);
+      EXPECT_EQ((*b)[i][v].kvs_held, (*a)[i][v].kvs_held);
+      EXPECT_EQ((*b)[i][v].compressions, (*a)[i][v].compressions);
+    }
+  }
+  auto windows = Gen().ProseWindows(2, 80);
+  ASSERT_TRUE(windows.ok()) << windows.status();
+  auto pa = RunPerplexity(Model(), *windows, 48, kVariants, copy);
+  auto pb = RunPerplexity(Model(), *windows, 48, kVariants, re);
+  ASSERT_TRUE(pa.ok()) << pa.status();
+  ASSERT_TRUE(pb.ok()) << pb.status();
+  for (size_t v = 0; v < kVariants.size(); ++v) {
+    EXPECT_EQ((*pa)[v].mean_nll, (*pb)[v].mean_nll) << VariantName(kVariants[v]);
+  }
+}
+
+TEST(RunnerTest, BackendNamesAndSettings) {
+  EXPECT_EQ(BackendName(Backend::kCpu), "cpu");
+  EXPECT_EQ(BackendName(Backend::kCuda), "cuda");
+  EXPECT_EQ(*ParseBackend("cuda"), Backend::kCuda);
+  EXPECT_EQ(*ParseBackend("cpu"), Backend::kCpu);
+  EXPECT_EQ(ParseBackend("gpu").status().code(), absl::StatusCode::kInvalidArgument);
+  auto jobs = Jobs();
+  RunSettings bad = SmallSettings();
+  bad.slot_read_threads = 0;
+  EXPECT_EQ(RunSharedPrefill(Model(), jobs, kVariants, bad).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  if (!CudaBackendBuilt()) {
+    RunSettings cuda = SmallSettings();
+    cuda.backend = Backend::kCuda;
+    EXPECT_EQ(RunSharedPrefill(Model(), jobs, kVariants, cuda).status().code(),
+              absl::StatusCode::kUnimplemented);
+    EXPECT_EQ(RunWithEngine(Model(), jobs, kVariants, cuda).status().code(),
+              absl::StatusCode::kUnimplemented);
+    EXPECT_EQ(CudaDeviceName(0).status().code(), absl::StatusCode::kUnimplemented);
+  }
+}
+
 }  // namespace
 }  // namespace kvc::eval
