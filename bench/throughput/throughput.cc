@@ -86,6 +86,8 @@ struct Options {
   std::string policy = "kvcompress";
   int32_t protected_window = 32;
   int32_t observation_window = 32;
+  int32_t decode_scores = 1;      // decode queries add their attention to the scores (engine)
+  int32_t score_pool_kernel = 7;  // max-pool kernel of prefill scores
   int32_t num_prompts = 256;
   int32_t input_len = 500;
   int32_t output_len = 500;
@@ -105,7 +107,8 @@ constexpr char kUsage[] =
     "usage: kvc-bench-throughput (--model DIR | --config config.json --random-weights)\n"
     "  [--backend auto|cuda|cpu] [--kv-cache-memory BYTES (e.g. 5GiB) | --num-blocks N |\n"
     "   --fit-uncompressed N] [--rates 1,2,4,... | --compression-rate R] [--policy kvcompress]\n"
-    "  [--protected-window 32] [--observation-window 32] [--num-prompts 256] [--input-len 500]\n"
+    "  [--protected-window 32] [--observation-window 32] [--decode-scores 1|0]\n"
+    "  [--score-pool-kernel 7] [--num-prompts 256] [--input-len 500]\n"
     "  [--output-len 500] [--max-num-seqs 256] [--max-prefill-tokens 8192] [--block-size 16]\n"
     "  [--temperature 1.0] [--seed 1] [--prompt random|repeat] [--warmup 0|1] [--json FILE]\n"
     "  [--plot FILE.png] [--label TEXT]\n";
@@ -192,6 +195,10 @@ absl::StatusOr<Options> ParseArgs(int argc, char** argv) {
       RETURN_IF_ERROR(int32(&o.protected_window, 0));
     } else if (a == "--observation-window") {
       RETURN_IF_ERROR(int32(&o.observation_window, 1));
+    } else if (a == "--decode-scores") {
+      RETURN_IF_ERROR(int32(&o.decode_scores, 0));
+    } else if (a == "--score-pool-kernel") {
+      RETURN_IF_ERROR(int32(&o.score_pool_kernel, 0));
     } else if (a == "--num-prompts") {
       RETURN_IF_ERROR(int32(&o.num_prompts, 1));
     } else if (a == "--input-len") {
@@ -455,6 +462,8 @@ absl::StatusOr<RunResult> RunOnce(Executor* shared, const Options& o, double rat
   eo.max_num_seqs = o.max_num_seqs;
   eo.max_prefill_tokens = o.max_prefill_tokens;
   eo.compression_interval = 0;
+  eo.decode_scores = o.decode_scores != 0;
+  eo.score_pool_kernel = o.score_pool_kernel;
   Engine engine(std::make_unique<BorrowedExecutor>(shared), std::move(kv), eo, &metrics);
 
   RunResult r;
@@ -578,6 +587,8 @@ nlohmann::json ToJson(const RunResult& r, const Options& o, const Setup& s) {
   nlohmann::json j;
   j["kind"] = "kvc-throughput";
   j["label"] = o.label;
+  j["decode_scores"] = o.decode_scores != 0;
+  j["score_pool_kernel"] = o.score_pool_kernel;
   j["backend"] = s.backend;
   j["device"] = s.device;
   j["model"] = s.model;
