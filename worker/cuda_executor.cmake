@@ -22,7 +22,7 @@ kvc_cc_library(
   NAME kvc_cuda_executor
   SRCS cuda_executor.cc cuda_executor_eviction.cc cuda_executor_sampling.cc
   HDRS cuda_executor.h cuda_executor_internal.h executor.h
-  DEPS kvc_executor kvc_common kvc_model kvc_kernels_cpu kvc_kvmanager kvc_kernels_cuda kvc_executor_ops_cuda kvc_sampling_cuda kvc_sampling_cpu
+  DEPS kvc_executor kvc_common kvc_model kvc_kernels_cpu kvc_kvmanager kvc_kernels_cuda kvc_executor_ops_cuda kvc_sampling_cuda kvc_eviction_cuda kvc_sampling_cpu
        absl::status absl::statusor absl::strings CUDA::cudart CUDA::cublasLt)
 
 # kvc-worker (engine.cmake) serves --backend=cuda when this library is built.

@@ -19,7 +19,7 @@ namespace kvc {
 using cuda_internal::CudaError;
 using cuda_internal::RoundUp;
 
-bool CudaExecutor::evicts_on_device() const { return true; }
+bool CudaExecutor::evicts_on_device() const { return s_->device_eviction; }
 
 absl::StatusOr<std::vector<int32_t>> CudaExecutor::EvictOnDevice(
     const SequenceBlockTables& tables, int64_t num_tokens, int64_t evict_blocks,
@@ -47,6 +47,7 @@ absl::StatusOr<std::vector<int32_t>> CudaExecutor::EvictOnDevice(
   const int64_t out_at = RoundUp(ids_at + std::max<int64_t>(total_blocks, 1), 64);
   const int64_t words = out_at + num_heads + 1;
   KVC_CUDA_RETURN_IF_ERROR(cudaSetDevice(s.device), "cudaSetDevice");
+  s.reader.Invalidate();  // scores and positions move
   RETURN_IF_ERROR(s.evict_host.Reserve(words * sizeof(int32_t), "eviction tables (host)"));
   RETURN_IF_ERROR(s.evict_tables.Reserve(words * sizeof(int32_t), "eviction tables"));
   const int64_t ws_bytes = kernels::KvCompressWorkspaceBytes(num_heads, max_num_kvs);

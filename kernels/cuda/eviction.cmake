@@ -11,12 +11,3 @@ kvc_cc_library(
 set_target_properties(kvc_eviction_cuda PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)
 target_compile_options(kvc_eviction_cuda PRIVATE
   $<$<COMPILE_LANGUAGE:CUDA>:-lineinfo -Xptxas=-warn-spills>)
-
-# CudaExecutor::EvictOnDevice (worker/cuda_executor_eviction.cc) calls it. kvc_cuda_executor is
-# defined in worker/, which is read after kernels/: link it once every directory has been read.
-function(_kvc_link_eviction_cuda)
-  if(TARGET kvc_cuda_executor)
-    target_link_libraries(kvc_cuda_executor PUBLIC kvc_eviction_cuda)
-  endif()
-endfunction()
-cmake_language(DEFER DIRECTORY ${CMAKE_SOURCE_DIR} CALL _kvc_link_eviction_cuda)
