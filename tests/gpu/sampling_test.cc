@@ -491,7 +491,11 @@ TEST(SampleTokensTest, FrequenciesMatchTheRuleProbabilities) {
       // Power: the same draws are far from the distribution of twice the temperature.
       const std::vector<double> wrong = RuleProbabilities(logits, {2 * o.temperature, 1.0f, 0});
       int wdf = 0;
-      EXPECT_GT(ChiSquare(counts, wrong, draws, &wdf), 10 * Chi2Critical(wdf));
+      const double wrong_chi2 = ChiSquare(counts, wrong, draws, &wdf);
+      std::printf(
+          "[sampling distribution] same draws against t %.2f: chi2 %.1f (must exceed %.1f)\n",
+          2 * o.temperature, wrong_chi2, 10 * Chi2Critical(wdf));
+      EXPECT_GT(wrong_chi2, 10 * Chi2Critical(wdf));
     }
   }
 }
