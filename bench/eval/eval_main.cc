@@ -317,6 +317,8 @@ nlohmann::json StatsJson(const RunStats& s) {
   j["reprefill_logits_differ"] = s.reprefill_logits_differ;
   j["compressions"] = s.compressions;
   j["slot_block_reads"] = s.slot_block_reads;
+  j["slot_prefetches"] = s.slot_prefetches;
+  j["slot_single_block_reads"] = s.slot_single_block_reads;
   j["mirror_block_hits"] = s.mirror_block_hits;
   j["mirror_mismatches"] = s.mirror_mismatches;
   return j;
@@ -609,7 +611,8 @@ int Main(int argc, char** argv) {
       if (o.driver == "shared") {
         std::cout << absl::StrFormat(
             "  prefill %.1f s (%d prefills, %d re-prefills with other logits than the first), fork "
-            "%.1f s, compress %.1f s (%d plans, %d slot-block reads, %d mirror hits), decode %.1f "
+            "%.1f s, compress %.1f s (%d plans, %d slot-block reads in %d prefetches + %d single, "
+            "%d mirror hits), decode %.1f "
             "s (%d forward calls)\n",
             stats.prefill_seconds, stats.prefills, stats.reprefill_logits_differ,
             stats.fork_seconds, stats.compress_seconds, stats.compressions, stats.slot_block_reads,

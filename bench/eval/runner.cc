@@ -268,6 +268,7 @@ class SlotMirror final : public KvSlotReader {
     stale.heads[0].blocks = blocks;
     stale.heads[0].num_kvs = static_cast<int32_t>(blocks.size()) * block_size_;
     source_.Prefetch(stale);
+    ++prefetches_;
     const int64_t n = static_cast<int64_t>(blocks.size());
     const int64_t t = std::min<int64_t>(threads_, (n + 63) / 64);
     if (t <= 1) {
@@ -285,6 +286,8 @@ class SlotMirror final : public KvSlotReader {
 
   int64_t block_reads() const { return block_reads_.load(); }
   int64_t hits() const { return hits_; }
+  int64_t prefetches() const { return prefetches_; }
+  int64_t single_reads() const { return single_reads_; }
   int64_t mismatches() const { return mismatches_; }
 
  private:
@@ -318,6 +321,7 @@ class SlotMirror final : public KvSlotReader {
   }
   void EnsureValid(int32_t block, int32_t count) const {
     if (!Valid(block, count)) {
+      ++single_reads_;  // not prefetched: on CUDA, device copies of this block alone
       Load(block);
       return;
     }
@@ -343,6 +347,8 @@ class SlotMirror final : public KvSlotReader {
   mutable std::vector<uint8_t> valid_;
   mutable std::atomic<int64_t> block_reads_{0};
   mutable int64_t hits_ = 0;
+  int64_t prefetches_ = 0;
+  mutable int64_t single_reads_ = 0;
   mutable int64_t mismatches_ = 0;
 };
 
@@ -500,6 +506,8 @@ class ForkSession {
     const CompressionSettings cs = SettingsFor(v, rs_);
     ASSIGN_OR_RETURN(int64_t evict, kv_->EvictBlocksForBudget(id, cs));
     if (evict <= 0) return absl::OkStatus();
+    // Stale slots (e.g. of a fresh prefill) in one bulk read rather than one read per block.
+    if (mirror_) mirror_->Prefetch(*kv_->Tables(id));
     ASSIGN_OR_RETURN(EvictionPlan plan,
                      PlanSequenceEviction(*kv_, id, reader(), evict, cs.constraints, policy_seed,
                                           *policies_.at(v.policy)));
@@ -567,6 +575,8 @@ class ForkSession {
     if (!mirror_) return absl::OkStatus();
     stats_->slot_block_reads += mirror_->block_reads();
     stats_->mirror_block_hits += mirror_->hits();
+    stats_->slot_prefetches += mirror_->prefetches();
+    stats_->slot_single_block_reads += mirror_->single_reads();
     stats_->mirror_mismatches += mirror_->mismatches();
     if (mirror_->mismatches() > 0) {
       return absl::InternalError(absl::StrCat("slot mirror: ", mirror_->mismatches(),

@@ -112,6 +112,8 @@ struct RunStats {
   int64_t reprefill_logits_differ = 0;  // kReprefill: prefills whose logits differ from the base's
   int64_t compressions = 0;             // plans applied
   int64_t slot_block_reads = 0;         // blocks read through Executor::slot_reader()
+  int64_t slot_prefetches = 0;          // bulk KvSlotReader::Prefetch calls before those reads
+  int64_t slot_single_block_reads = 0;  // blocks read without a prefetch (device copies each)
   int64_t mirror_block_hits = 0;        // block reads served by the mirror
   int64_t mirror_mismatches = 0;        // kVerify: mirrored reads that differed (must be 0)
 };

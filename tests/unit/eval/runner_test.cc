@@ -227,6 +227,9 @@ TEST(RunnerTest, SlotMirrorIsExactAndServesThePlanners) {
     EXPECT_EQ(stats.mirror_mismatches, 0);
     EXPECT_GT(stats.slot_block_reads, 0);
     EXPECT_GT(stats.mirror_block_hits, 0);
+    // Every read of the executor's slots is a bulk prefetch (one gather and copy on CUDA).
+    EXPECT_GT(stats.slot_prefetches, 0);
+    EXPECT_EQ(stats.slot_single_block_reads, 0);
     EXPECT_EQ(stats.compressions, off_stats.compressions);
     EXPECT_EQ(stats.forward_calls, off_stats.forward_calls);
     for (size_t i = 0; i < jobs.size(); ++i) {
@@ -276,6 +279,7 @@ TEST(RunnerTest, ReprefillForkEqualsCopiedFork) {
   EXPECT_EQ(re_stats.prefills, 3 * static_cast<int64_t>(kVariants.size()));
   EXPECT_EQ(re_stats.reprefill_logits_differ, 0);
   EXPECT_EQ(re_stats.mirror_mismatches, 0);
+  EXPECT_EQ(re_stats.slot_single_block_reads, 0);
   EXPECT_EQ(re_stats.compressions, copy_stats.compressions);
   for (size_t i = 0; i < jobs.size(); ++i) {
     for (size_t v = 0; v < kVariants.size(); ++v) {
