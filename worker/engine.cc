@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
@@ -324,6 +325,20 @@ int64_t Engine::Compress(Sequence* seq, CompressionTrigger trigger) {
   auto evict = kv_->EvictBlocksForBudget(seq->id, seq->req.compression);
   KVC_CHECK_OK(evict.status());
   if (*evict <= 0) return 0;
+  int64_t blocks = *evict;
+  if (trigger == CompressionTrigger::kMemoryPressure && options_.pressure_headroom_tokens > 0) {
+    // Hysteresis: a decoding sequence outgrows a rate budget by (1 - 1/rate) KVs per head and
+    // step, so compressing exactly to the budget under pressure recompresses it every step
+    // (measured: 89k compressions for 256 requests of 500 + 500 tokens at rate 2). Evict the
+    // growth of the next `pressure_headroom_tokens` steps too; the alternative is preemption.
+    const KvLayout& l = kv_->layout();
+    const double grow = seq->req.compression.mode == BudgetMode::kRate
+                            ? 1.0 - 1.0 / seq->req.compression.compression_rate
+                            : 1.0;
+    const int64_t per_head =
+        static_cast<int64_t>(std::ceil(options_.pressure_headroom_tokens * grow / l.block_size));
+    blocks += per_head * l.heads_per_seq();
+  }
   absl::StatusOr<EvictionPlan> plan;
   if (seq->req.policy == CompressionPolicyKind::kKvCompress && executor_->evicts_on_device()) {
     // Selection and compaction where the scores live; only per-head block counts come back.
@@ -331,16 +346,16 @@ int64_t Engine::Compress(Sequence* seq, CompressionTrigger trigger) {
     auto usage = kv_->Usage(seq->id);
     KVC_CHECK_OK(usage.status());
     auto counts =
-        executor_->EvictOnDevice(*tables, usage->tokens, *evict, seq->req.compression.constraints);
+        executor_->EvictOnDevice(*tables, usage->tokens, blocks, seq->req.compression.constraints);
     if (counts.ok()) {
       plan = PlanFromBlockCounts(kv_->layout(), *tables, *counts);
-      if (plan.ok()) plan->blocks_requested = *evict;
+      if (plan.ok()) plan->blocks_requested = blocks;
     } else {
       plan = counts.status();
     }
   } else {
     executor_->slot_reader().Prefetch(*kv_->Tables(seq->id));  // one transfer on a GPU
-    plan = PlanSequenceEviction(*kv_, seq->id, executor_->slot_reader(), *evict,
+    plan = PlanSequenceEviction(*kv_, seq->id, executor_->slot_reader(), blocks,
                                 seq->req.compression.constraints, seq->policy_seed,
                                 *policies_.at(seq->req.policy));
   }

@@ -95,6 +95,9 @@ struct EngineOptions {
   bool decode_scores = true;         // decode queries add their squared probabilities
   int32_t score_pool_kernel = 7;     // max-pool kernel of prefill scores (0/1 = off)
   int32_t compression_interval = 0;  // also compress over-budget sequences every N steps
+  // Under memory pressure an over-budget sequence is compressed below its budget by the growth
+  // of this many further decode steps (hysteresis; 0 = exactly to the budget).
+  int32_t pressure_headroom_tokens = 32;
   CompressionPolicyOptions policy_options;
 };
 

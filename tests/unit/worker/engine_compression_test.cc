@@ -158,7 +158,11 @@ TEST(EngineCompressionTest, CompressesBeforePreemptingUnderMemoryPressure) {
 // are preempted in the middle of compressing (pool far too small), aborted mid-flight, and
 // invariants are checked after every step; every block comes back and the survivors finish.
 TEST(EngineCompressionTest, PreemptionAndAbortInTheMiddleOfCompressionReleaseEverything) {
-  auto e = MakeEngine(160, 8);
+  // No pressure headroom: compressing exactly to the budget leaves growth nowhere to go, so
+  // sequences are preempted while others are being compressed.
+  EngineOptions opts;
+  opts.pressure_headroom_tokens = 0;
+  auto e = MakeEngine(160, 8, opts);
   std::vector<Collected> got(6);
   for (int i = 0; i < 6; ++i) {
     EngineRequest r = Compressed("q" + std::to_string(i), 50 + 10 * i, 80, 2.0, 20 + i);
@@ -213,6 +217,39 @@ TEST(EngineCompressionTest, EveryPolicyRunsToCompletion) {
     EXPECT_GT(c.final_out->usage.compression_ratio, 2.0) << CompressionPolicyName(p);
     EXPECT_EQ(e->kv_manager().num_free_blocks(), 2048);
   }
+}
+
+// Under memory pressure a decoding sequence outgrows a rate budget every step; compressing it
+// exactly to the budget recompresses it every step. The headroom evicts the growth of the next
+// steps too: far fewer compressions, no preemption, same number of tokens.
+TEST(EngineCompressionTest, PressureHeadroomAvoidsRecompressingEveryStep) {
+  auto run = [](int32_t headroom, int64_t* compressions, int64_t* preemptions) {
+    EngineOptions opts;
+    opts.pressure_headroom_tokens = headroom;
+    auto e = MakeEngine(200, 8, opts);
+    std::vector<Collected> got(6);
+    for (int i = 0; i < 6; ++i) {
+      EngineRequest r = Compressed("h" + std::to_string(i), 60, 160, 2.0, 40 + i);
+      r.continual = false;  // compress after prefill and under memory pressure only
+      ASSERT_TRUE(e->Submit(r, Into(&got[i])).ok());
+    }
+    RunAll(e.get());
+    *compressions = 0;
+    *preemptions = 0;
+    for (const Collected& c : got) {
+      ASSERT_TRUE(c.final_out.has_value());
+      EXPECT_EQ(c.tokens.size(), 160u);
+      *compressions += c.final_out->usage.compressions;
+      *preemptions += c.final_out->usage.preemptions;
+    }
+    EXPECT_EQ(e->kv_manager().num_free_blocks(), 200);
+  };
+  int64_t exact_c = 0, exact_p = 0, slack_c = 0, slack_p = 0;
+  run(0, &exact_c, &exact_p);
+  run(32, &slack_c, &slack_p);
+  EXPECT_GT(exact_c, 8) << "the pool was meant to put the sequences under memory pressure";
+  EXPECT_LT(slack_c * 2, exact_c) << "headroom " << slack_c << " vs exact " << exact_c;
+  EXPECT_LE(slack_p, exact_p);
 }
 
 }  // namespace
