@@ -59,6 +59,9 @@ ABSL_FLAG(int32_t, min_kvs_per_head, 0, "Default minimum KVs any head keeps.");
 ABSL_FLAG(int32_t, observation_window, 32, "Default w: prompt queries that score prompt KVs.");
 ABSL_FLAG(bool, continual_compression, true,
           "Default: re-compress a decoding sequence whenever it grows over its budget.");
+ABSL_FLAG(int32_t, pressure_headroom_tokens, 32,
+          "Under memory pressure, compress an over-budget sequence below its budget by the "
+          "growth of this many decode steps (hysteresis against recompressing every step).");
 ABSL_FLAG(int32_t, compression_interval, 0,
           "Also compress over-budget sequences every N engine steps (0 = off).");
 ABSL_FLAG(bool, decode_scores, true, "Decode queries add their squared attention to scores.");
@@ -183,6 +186,10 @@ absl::Status Run() {
   eopts.decode_scores = absl::GetFlag(FLAGS_decode_scores);
   eopts.score_pool_kernel = absl::GetFlag(FLAGS_score_pool_kernel);
   eopts.compression_interval = absl::GetFlag(FLAGS_compression_interval);
+  eopts.pressure_headroom_tokens = absl::GetFlag(FLAGS_pressure_headroom_tokens);
+  if (eopts.pressure_headroom_tokens < 0) {
+    return absl::InvalidArgumentError("--pressure_headroom_tokens must be >= 0");
+  }
   eopts.policy_options.pyramid_beta = absl::GetFlag(FLAGS_pyramid_beta);
   RETURN_IF_ERROR(Annotate(eopts.policy_options.Validate(), "--pyramid_beta"));
   if (eopts.compression_interval < 0) {
