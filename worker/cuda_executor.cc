@@ -36,7 +36,10 @@ absl::Status CudaExecutor::State::Gemm(const void* x, int64_t ldx, int64_t in, c
   const GemmKey key{n_out, rows, in, ldx, ldy, out_f32, bias != nullptr, accumulate};
   auto it = gemm_plans.find(key);
   if (it == gemm_plans.end()) {
-    if (gemm_plans.size() > 4096) gemm_plans.clear();  // many distinct prefill lengths
+    if (gemm_plans.size() > 4096) {  // many distinct prefill lengths
+      gemm_plans.clear();
+      gemm_tune_pending.clear();
+    }
     auto plan = std::make_unique<GemmPlan>();
     KVC_CUBLAS_RETURN_IF_ERROR(
         cublasLtMatmulDescCreate(&plan->desc, CUBLAS_COMPUTE_32F, CUDA_R_32F),
@@ -73,17 +76,26 @@ absl::Status CudaExecutor::State::Gemm(const void* x, int64_t ldx, int64_t in, c
     const size_t ws_bytes = kLtWorkspaceBytes;
     cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes,
                                          sizeof(ws_bytes));
-    cublasLtMatmulHeuristicResult_t result{};
+    const bool tune = gemm_tune && rows <= kTuneMaxRows;
+    cublasLtMatmulHeuristicResult_t results[16];
     int found = 0;
     const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(
-        lt, plan->desc, plan->a, plan->b, plan->d, plan->d, pref, 1, &result, &found);
+        lt, plan->desc, plan->a, plan->b, plan->d, plan->d, pref, tune ? 16 : 1, results, &found);
     cublasLtMatmulPreferenceDestroy(pref);
     KVC_CUBLAS_RETURN_IF_ERROR(st, "cublasLtMatmulAlgoGetHeuristic");
     if (found == 0) {
       return absl::InternalError(absl::StrCat("cuBLASLt has no algorithm for a GEMM of m ", n_out,
                                               " n ", rows, " k ", in));
     }
-    plan->algo = result.algo;
+    plan->algo = results[0].algo;
+    if (tune && found > 1) {
+      for (int i = 0; i < found; ++i) plan->candidates.push_back(results[i].algo);
+      plan->w = w.as<void>();
+      plan->x = x;
+      plan->out_bytes = ldy * rows * (out_f32 ? 4 : 2);
+      plan->accumulate = accumulate;
+      gemm_tune_pending.push_back(plan.get());
+    }
     it = gemm_plans.emplace(key, std::move(plan)).first;
   }
   GemmPlan& p = *it->second;
@@ -99,6 +111,61 @@ absl::Status CudaExecutor::State::Gemm(const void* x, int64_t ldx, int64_t in, c
                      &p.algo, lt_ws.as<void>(), kLtWorkspaceBytes, stream),
       absl::StrCat("cublasLtMatmul (m ", n_out, " n ", rows, " k ", in, ")"));
   return absl::OkStatus();
+}
+
+absl::Status CudaExecutor::State::TuneGemms() {
+  if (gemm_tune_pending.empty()) return absl::OkStatus();
+  int64_t need = 0;
+  for (const GemmPlan* p : gemm_tune_pending) need = std::max(need, p->out_bytes);
+  if (tune_out.bytes() < static_cast<size_t>(need)) {
+    RETURN_IF_ERROR(tune_out.Reserve(need, "GEMM tuning output"));
+    KVC_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(tune_out.as<void>(), 0, need, stream),
+                             "GEMM tuning output memset");
+  }
+  cudaEvent_t ev[2] = {nullptr, nullptr};
+  KVC_CUDA_RETURN_IF_ERROR(cudaEventCreate(&ev[0]), "cudaEventCreate");
+  KVC_CUDA_RETURN_IF_ERROR(cudaEventCreate(&ev[1]), "cudaEventCreate");
+  absl::Status status;
+  for (GemmPlan* p : gemm_tune_pending) {
+    const float alpha = 1.0f, beta = p->accumulate ? 1.0f : 0.0f;
+    float best_ms = 0;
+    size_t best = 0;
+    for (size_t i = 0; i < p->candidates.size() && status.ok(); ++i) {
+      const cublasLtMatmulAlgo_t& algo = p->candidates[i];
+      auto launch = [&] {
+        return cublasLtMatmul(lt, p->desc, &alpha, p->w, p->a, p->x, p->b, &beta,
+                              tune_out.as<void>(), p->d, tune_out.as<void>(), p->d, &algo,
+                              lt_ws.as<void>(), kLtWorkspaceBytes, stream);
+      };
+      if (launch() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that cannot run loses
+      cudaEventRecord(ev[0], stream);
+      constexpr int kReps = 5;
+      bool ok = true;
+      for (int r = 0; r < kReps; ++r) ok = ok && launch() == CUBLAS_STATUS_SUCCESS;
+      cudaEventRecord(ev[1], stream);
+      const cudaError_t e = cudaEventSynchronize(ev[1]);
+      if (e != cudaSuccess) {
+        status = ::kvc::cuda_internal::CudaError(e, "GEMM tuning");
+        break;
+      }
+      float ms = 0;
+      cudaEventElapsedTime(&ms, ev[0], ev[1]);
+      if (ok && (best_ms == 0 || ms < best_ms)) {
+        best_ms = ms;
+        best = i;
+      }
+    }
+    if (!status.ok()) break;
+    p->algo = p->candidates[best];
+    p->candidates.clear();
+    p->candidates.shrink_to_fit();
+    ++gemms_tuned;
+    if (best != 0) ++gemms_retuned_better;
+  }
+  cudaEventDestroy(ev[0]);
+  cudaEventDestroy(ev[1]);
+  gemm_tune_pending.clear();
+  return status;
 }
 
 int64_t CudaExecutor::BytesPerBlock(const ModelConfig& config, int32_t block_size) {
@@ -168,6 +235,7 @@ absl::StatusOr<std::unique_ptr<CudaExecutor::State>> NewState(const ModelConfig&
     return v != nullptr && std::string(v) == "0";
   };
   if (off("KVC_CUDA_GRAPHS")) s->use_graphs = false;
+  if (off("KVC_GEMM_TUNE")) s->gemm_tune = false;
   if (off("KVC_TABLE_MIRROR")) s->mirror_limit_bytes = 0;
   if (off("KVC_DEVICE_SAMPLING")) s->device_sampling = false;
   if (off("KVC_DEVICE_EVICTION")) s->device_eviction = false;
@@ -813,6 +881,7 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
     return s.EnqueueSampling(O);
   };
 
+  std::vector<int64_t> captured_key;  // set when this step captured a new graph
   if (graph_step) {
     // The key: everything the captured launches depend on besides device-array contents.
     std::vector<int64_t> key = {S,
@@ -838,6 +907,7 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
                                 reinterpret_cast<int64_t>(s.sample_dev.as<void>())};
     auto it = s.graphs.find(key);
     if (it == s.graphs.end()) {
+      captured_key = key;
       if (s.graphs.size() >= 64) {  // evict the least recently used graph
         auto lru = s.graphs.begin();
         for (auto g = s.graphs.begin(); g != s.graphs.end(); ++g) {
@@ -879,6 +949,19 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   KVC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "Forward");
   if (want_logits) std::memcpy(out->logits.data(), s.logits_host.as<float>(), logits_bytes);
   RETURN_IF_ERROR(s.FinishSampledTokens(batch, out_rows_of_seq, out));
+  if (!s.gemm_tune_pending.empty()) {
+    // New decode-sized GEMM plans ran with cuBLASLt's first heuristic; time their candidates now
+    // (never inside a capture) and drop a graph captured with the untuned algorithms, so that the
+    // next step of this shape captures the tuned ones.
+    RETURN_IF_ERROR(s.TuneGemms());
+    if (!captured_key.empty()) {
+      auto g = s.graphs.find(captured_key);
+      if (g != s.graphs.end()) {
+        cudaGraphExecDestroy(g->second.exec);
+        s.graphs.erase(g);
+      }
+    }
+  }
   return absl::OkStatus();
 }
 
@@ -1040,6 +1123,8 @@ CudaExecutor::Stats CudaExecutor::stats() const {
   st.forward_calls = static_cast<int64_t>(s_->forward_calls);
   st.graph_captures = s_->graph_captures;
   st.graph_launches = s_->graph_launches;
+  st.gemms_tuned = s_->gemms_tuned;
+  st.gemms_tuned_off_first = s_->gemms_retuned_better;
   st.mirror_entries_uploaded = s_->mirror_entries_uploaded;
   st.full_table_uploads = s_->full_table_uploads;
   return st;

@@ -124,6 +124,8 @@ class CudaExecutor : public Executor {
     int64_t graph_launches = 0;
     int64_t mirror_entries_uploaded = 0;  // block ids sent by incremental mirror updates
     int64_t full_table_uploads = 0;       // Forward calls that uploaded whole tables instead
+    int64_t gemms_tuned = 0;              // decode-sized GEMM plans timed over their candidates
+    int64_t gemms_tuned_off_first = 0;    // ... whose fastest was not cuBLASLt's first heuristic
   };
   Stats stats() const;
   // Caps the block-table mirror's device arena (default 1 GiB); beyond it Forward uploads whole

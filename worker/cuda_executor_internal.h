@@ -294,10 +294,17 @@ class DeviceSlotReader final : public KvSlotReader {
 };
 
 // A cached cuBLASLt matmul of one shape: Y[n, m] (ld ldy) = X[n, k] (ld ldx) . W[m, k]^T (+ b).
+// Decode-sized plans (few rows) are tuned once, outside any graph capture: the candidates are
+// cuBLASLt's top heuristics, timed on the plan's own operands into a scratch output.
 struct GemmPlan {
   cublasLtMatmulDesc_t desc = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  std::vector<cublasLtMatmulAlgo_t> candidates;  // heuristic order; empty once tuned
+  const void* w = nullptr;                       // operands of the first call, for tuning
+  const void* x = nullptr;
+  int64_t out_bytes = 0;  // bytes of D (the tuning scratch must hold them)
+  bool accumulate = false;
   ~GemmPlan() {
     if (a) cublasLtMatrixLayoutDestroy(a);
     if (b) cublasLtMatrixLayoutDestroy(b);
@@ -330,6 +337,14 @@ struct CudaExecutor::State {
   static constexpr size_t kLtWorkspaceBytes = 32u << 20;
   DevBuf lt_ws;
   std::map<GemmKey, std::unique_ptr<GemmPlan>> gemm_plans;
+  // GEMM tuning (KVC_GEMM_TUNE=0 turns it off): plans of at most kTuneMaxRows rows wait here
+  // until TuneGemms() times their candidates after the step that created them.
+  static constexpr int64_t kTuneMaxRows = 256;
+  bool gemm_tune = true;
+  std::vector<GemmPlan*> gemm_tune_pending;
+  DevBuf tune_out;
+  int64_t gemms_tuned = 0, gemms_retuned_better = 0;
+  absl::Status TuneGemms();
 
   struct Layer {
     DevBuf input_norm, post_norm, qkv, qkv_bias, o, o_bias, gate_up, gate_up_bias, down, down_bias;

@@ -4,7 +4,7 @@
 // KV-Compress (score collection, selection, compaction) and the per-KV metadata overhead
 // (kvc issue 5, runs 2, 3, 5, 6; issue 4's overhead shares). docs/benchmarks.md keeps the figures.
 //
-//   kvc-bench-step [--config FILE] [--mode decode|prefill|overhead|metadata|all] [--iters N]
+//   kvc-bench-step [--config FILE] [--mode decode|prefill|overhead|metadata|gemm|all] [--iters N]
 //                  [--batches 1,8,32,128,256] [--contexts 1024,8192,32768]
 //                  [--prefill 1x32768,16x2048] [--prefill-chunk N]
 //                  [--overhead-context 6000] [--overhead-batches 32,128] [--rate 8]
@@ -57,6 +57,7 @@
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -145,7 +146,7 @@ struct Options {
 };
 
 constexpr char kUsage[] =
-    "usage: kvc-bench-step [--config FILE] [--mode decode|prefill|overhead|metadata|all]\n"
+    "usage: kvc-bench-step [--config FILE] [--mode decode|prefill|overhead|metadata|gemm|all]\n"
     "  [--iters N] [--batches 1,8,32,128,256] [--contexts 1024,8192,32768]\n"
     "  [--prefill 1x32768,16x2048] [--prefill-chunk N] [--overhead-context 6000]\n"
     "  [--overhead-batches 32,128] [--rate 8] [--window 32] [--pool-kernel 7]\n"
@@ -194,9 +195,10 @@ absl::StatusOr<Options> ParseOptions(int argc, char** argv) {
     if (flag == "--config") {
       o.config = v;
     } else if (flag == "--mode") {
-      if (v != "decode" && v != "prefill" && v != "overhead" && v != "metadata" && v != "all") {
+      if (v != "decode" && v != "prefill" && v != "overhead" && v != "metadata" && v != "gemm" &&
+          v != "all") {
         return absl::InvalidArgumentError(absl::StrCat(
-            "--mode: '", v, "' is not one of decode, prefill, overhead, metadata, all"));
+            "--mode: '", v, "' is not one of decode, prefill, overhead, metadata, gemm, all"));
       }
       o.mode = v;
     } else if (flag == "--batches") {
@@ -1123,6 +1125,157 @@ void StepBench::PrintMetadata() {
   std::fflush(stdout);
 }
 
+// ---------------------------------------------------------------------------------------------
+// GEMM sweep: the decode step's matmuls alone, cuBLASLt's first heuristic (what the executor used
+// before it tuned) against the fastest of its top candidates, as bandwidth over the weight bytes.
+
+struct GemmShape {
+  const char* name;
+  int64_t n_out;  // output features (rows of W)
+  int64_t in;     // input features
+  int64_t ldx;    // leading dimension of X (the executor's strides)
+  bool out_f32;
+  bool accumulate;
+  int per_step;  // how many of it one decode step runs
+};
+
+absl::Status RunGemmSweep(const Options& o, const ModelConfig& c, const DeviceRates& rates,
+                          Report* report) {
+  const int64_t h = c.hidden_size, d = c.head_dim, I = c.intermediate_size, V = c.vocab_size;
+  const int64_t q = static_cast<int64_t>(c.num_attention_heads) * d;
+  const int64_t kv = static_cast<int64_t>(c.num_key_value_heads) * d;
+  const int L = c.num_hidden_layers;
+  const std::vector<GemmShape> shapes = {
+      {"qkv", q + 2 * kv, h, h, false, false, L}, {"o", h, q, q, true, true, L},
+      {"gate_up", 2 * I, h, h, false, false, L},  {"down", h, I, 2 * I, true, true, L},
+      {"lm_head", V, h, h, true, false, 1},
+  };
+  int64_t max_w = 0, max_ldx = 0, max_out = 0;
+  for (const GemmShape& s : shapes) {
+    max_w = std::max(max_w, s.n_out * s.in);
+    max_ldx = std::max(max_ldx, s.ldx);
+    max_out = std::max(max_out, s.n_out);
+  }
+  int32_t max_rows = 1;
+  for (int32_t b : o.batches) max_rows = std::max(max_rows, b);
+  const size_t ws_bytes = size_t{32} << 20;
+  cudaStream_t stream = nullptr;
+  STEP_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  kernels::Bf16* w = nullptr;
+  kernels::Bf16* x = nullptr;
+  void* y = nullptr;
+  void* ws = nullptr;
+  STEP_CUDA(cudaMalloc(reinterpret_cast<void**>(&w), max_w * 2));
+  STEP_CUDA(cudaMalloc(reinterpret_cast<void**>(&x), max_ldx * max_rows * 2));
+  STEP_CUDA(cudaMalloc(&y, max_out * max_rows * 4));
+  STEP_CUDA(cudaMemset(y, 0, max_out * max_rows * 4));
+  STEP_CUDA(cudaMalloc(&ws, ws_bytes));
+  for (auto [ptr, n, seed] :
+       {std::tuple{w, max_w, 21ull}, std::tuple{x, max_ldx * max_rows, 22ull}}) {
+    kernels::FillRandomParams fp;
+    fp.data = ptr;
+    fp.n = n;
+    fp.seed = seed;
+    fp.scale = 0.05f;
+    RETURN_IF_ERROR(kernels::FillRandom(fp, stream));
+  }
+  cublasLtHandle_t lt = nullptr;
+  STEP_CUBLAS(cublasLtCreate(&lt));
+  std::printf(
+      "\n## Decode-step GEMMs alone (cuBLASLt, bf16 weights, fp32 accumulate)\n\n"
+      "GB/s = weight bytes / time (the floor reads each weight once per step); %% = of the copy "
+      "bandwidth %.0f GB/s. 'first' = cuBLASLt's first heuristic (the executor's choice without "
+      "KVC_GEMM_TUNE), 'best' = fastest of its top 16 (what the executor's tuning picks). Median "
+      "of %d after 3 warm-ups.\n\n",
+      rates.copy_gbs, std::max(o.iters, 10));
+  std::printf(
+      "| rows | gemm | n x k | first us | first GB/s | %% | best us | best GB/s | %% | best is # "
+      "| candidates |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+  for (int32_t rows : o.batches) {
+    double step_first = 0, step_best = 0, step_bytes = 0;
+    for (const GemmShape& s : shapes) {
+      cublasLtMatmulDesc_t desc = nullptr;
+      cublasLtMatrixLayout_t la = nullptr, lb = nullptr, ld = nullptr;
+      cublasLtMatmulPreference_t pref = nullptr;
+      STEP_CUBLAS(cublasLtMatmulDescCreate(&desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+      const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+      STEP_CUBLAS(
+          cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+      STEP_CUBLAS(
+          cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+      STEP_CUBLAS(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, s.in, s.n_out, s.in));
+      STEP_CUBLAS(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, s.in, rows, s.ldx));
+      STEP_CUBLAS(cublasLtMatrixLayoutCreate(&ld, s.out_f32 ? CUDA_R_32F : CUDA_R_16BF, s.n_out,
+                                             rows, s.n_out));
+      STEP_CUBLAS(cublasLtMatmulPreferenceCreate(&pref));
+      STEP_CUBLAS(cublasLtMatmulPreferenceSetAttribute(
+          pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws_bytes, sizeof(ws_bytes)));
+      cublasLtMatmulHeuristicResult_t results[16];
+      int found = 0;
+      STEP_CUBLAS(
+          cublasLtMatmulAlgoGetHeuristic(lt, desc, la, lb, ld, ld, pref, 16, results, &found));
+      const float alpha = 1.0f, beta = s.accumulate ? 1.0f : 0.0f;
+      std::vector<double> times;
+      for (int i = 0; i < found; ++i) {
+        absl::StatusOr<double> ms =
+            TimeEventsMs(stream, 3, std::max(o.iters, 10), [&]() -> absl::Status {
+              STEP_CUBLAS(cublasLtMatmul(lt, desc, &alpha, w, la, x, lb, &beta, y, ld, y, ld,
+                                         &results[i].algo, ws, ws_bytes, stream));
+              return absl::OkStatus();
+            });
+        times.push_back(ms.ok() ? *ms : 1e30);  // an algorithm that fails to run is never best
+      }
+      cublasLtMatmulPreferenceDestroy(pref);
+      cublasLtMatrixLayoutDestroy(la);
+      cublasLtMatrixLayoutDestroy(lb);
+      cublasLtMatrixLayoutDestroy(ld);
+      cublasLtMatmulDescDestroy(desc);
+      if (found == 0 || times[0] >= 1e30) {
+        return absl::InternalError(absl::StrCat("GEMM sweep: no runnable algorithm for ", s.name));
+      }
+      const int best =
+          static_cast<int>(std::min_element(times.begin(), times.end()) - times.begin());
+      const double bytes = 2.0 * s.n_out * s.in;
+      const auto gbs = [&](double ms) { return bytes / (ms * 1e-3) / 1e9; };
+      std::printf(
+          "| %d | %s | %lld x %lld | %.1f | %.0f | %.0f%% | %.1f | %.0f | %.0f%% | %d | %d |\n",
+          rows, s.name, static_cast<long long>(s.n_out), static_cast<long long>(s.in),
+          times[0] * 1e3, gbs(times[0]), 100.0 * gbs(times[0]) / rates.copy_gbs, times[best] * 1e3,
+          gbs(times[best]), 100.0 * gbs(times[best]) / rates.copy_gbs, best, found);
+      step_first += s.per_step * times[0];
+      step_best += s.per_step * times[best];
+      step_bytes += s.per_step * bytes;
+      report->Json({{"mode", "gemm"},
+                    {"rows", rows},
+                    {"gemm", s.name},
+                    {"n_out", s.n_out},
+                    {"k", s.in},
+                    {"first_ms", times[0]},
+                    {"best_ms", times[best]},
+                    {"best_index", best},
+                    {"candidates", found}});
+    }
+    const double floor_ms = step_bytes / (rates.copy_gbs * 1e9) * 1e3;
+    std::printf(
+        "| %d | **all of a step** | | %.2f ms | %.0f | %.0f%% | %.2f ms | %.0f | %.0f%% | | |\n",
+        rows, step_first, step_bytes / (step_first * 1e-3) / 1e9, 100.0 * floor_ms / step_first,
+        step_best, step_bytes / (step_best * 1e-3) / 1e9, 100.0 * floor_ms / step_best);
+    report->Json({{"mode", "gemm_step"},
+                  {"rows", rows},
+                  {"first_ms", step_first},
+                  {"best_ms", step_best},
+                  {"weight_floor_ms", floor_ms}});
+  }
+  std::fflush(stdout);
+  cublasLtDestroy(lt);
+  cudaFree(w);
+  cudaFree(x);
+  cudaFree(y);
+  cudaFree(ws);
+  cudaStreamDestroy(stream);
+  return absl::OkStatus();
+}
+
 absl::Status Run(const Options& o) {
   ASSIGN_OR_RETURN(ModelConfig c, ModelConfig::FromJsonFile(o.config));
   c.name = std::filesystem::path(o.config).stem().string();  // "llama-3.1-8b", not the folder
@@ -1158,6 +1311,8 @@ absl::Status Run(const Options& o) {
                {"config", o.config},
                {"iters", o.iters}});
   StepBench bench(o, c, rates, &report);
+  if (o.Runs("gemm")) RETURN_IF_ERROR(RunGemmSweep(o, c, rates, &report));
+  if (o.mode == "gemm") return absl::OkStatus();
   RETURN_IF_ERROR(bench.CreateExecutor());
   if (o.Runs("decode")) RETURN_IF_ERROR(bench.RunDecode());
   if (o.Runs("prefill")) RETURN_IF_ERROR(bench.RunPrefill());
