@@ -1,14 +1,26 @@
 // Prefill attention (flash-style, causal by stored position, varlen, GQA) over per-head pages.
 // See params.h for the contract and docs/design/kernels.md for the design.
 //
-// Grid (S*H, row tiles), 4 warps. The query rows of head (s, h) are its tokens x the G query
-// heads of the group, packed row = token * G + g, so the G heads share every K/V load. Each warp
-// owns 16 rows and walks the head's KVs in 16-KV tiles: K/V rows straight from the pages into
-// registers (16-byte loads), S = Q K^T and O += P V on tensor cores (mma.sync m16n8k16, bf16 in,
-// fp32 accumulate; V transposed in registers), online softmax in the log2 domain. A tile whose
-// smallest stored position is newer than every query of the warp is skipped before its K/V are
-// loaded (slot order need not be position order: compaction reorders slots).
+// FlashAttention-2 structure. Grid (S*H, row tiles), 4 warps; a CTA owns kBM = 64 * kMT query
+// rows of one (sequence, kv head). The rows are the head's tokens x the G query heads of the
+// group, packed row = token * G + g, so the G heads share every K/V load. Each warp owns 16 * kMT
+// rows. The CTA walks the head's KVs in tiles of kBN:
+//   - K and V tiles are gathered from the pages (block table -> physical row, 16-byte cp.async
+//     chunks) into XOR-swizzled shared memory ONCE per CTA; V[t] loads while S = Q K^T of tile t
+//     runs, K[t+1] while O += P V[t] runs (FA2's split K/V pipeline).
+//   - Q is staged in shared memory once; Q, K (ldmatrix) and V (ldmatrix.trans) fragments feed
+//     mma.sync m16n8k16 (bf16 in, fp32 accumulate); P goes from the S accumulators straight to
+//     the A operand. Online softmax in the log2 domain.
+//   - Causality is by STORED position (slot order need not be position order). A prologue scan
+//     of the head's positions marks the tiles that hold any KV visible to some query of the CTA
+//     (a bitmap in shared memory); other tiles are never loaded. Per warp, a tile newer than all
+//     the warp's queries is skipped, and only tiles that hold a KV newer than some query of the
+//     warp (or past the end of the head) pay the per-element position mask.
+// CTAs are scheduled heaviest first (the last row tiles of a sequence see the most KVs).
 #include <climits>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/launch.h"
@@ -18,160 +30,486 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kRowsPerCta = kWarps * 16;
+constexpr int kMaxBitmapWords = 1024;  // tiles beyond 32 * this are never skipped by the CTA
 
 struct PrefillArgs {
   PrefillAttentionParams p;
-  int group;
+  int log2g;
   int log2b;
+  int bitmap_words;
+  bool pos_aligned;  // cache.positions is 16-byte aligned (int4 loads in the scan)
   float scale_log2;
   int64_t q_stride;
   int64_t out_stride;
 };
 
-template <int D>
-__global__ void __launch_bounds__(kThreads) PrefillKernel(const __grid_constant__ PrefillArgs a) {
-  constexpr int kJ = D / 32;
+// ---- PTX helpers (sm_80+) ---------------------------------------------------------------------
+__device__ __forceinline__ uint32_t SmemAddr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+// 16-byte async copy global -> shared; src_bytes 0 fills the 16 bytes with zeros.
+__device__ __forceinline__ void CpAsync16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void CpAsync4(uint32_t dst, const void* src) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(dst), "l"(src));
+}
+__device__ __forceinline__ void CpAsyncCommit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void CpAsyncWaitAll() {
+  asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+__device__ __forceinline__ void LdMatrixX4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void LdMatrixX4Trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ float FastExp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// Shared-memory layout of one CTA. Rows of Q, K and V are D bf16 = D / 8 chunks of 16 bytes;
+// chunk c of row r is stored at chunk (c ^ (r & 7)) of the row, so the 8 rows of an ldmatrix
+// 8x8 matrix (and the rows written by one cp.async instruction) hit 8 different bank groups.
+template <int D, int kMT, int kBN>
+struct Cfg {
+  static constexpr int kBM = kWarps * 16 * kMT;
+  static constexpr int kRowBytes = D * 2;
+  static constexpr int kQOff = 0;
+  static constexpr int kKOff = kQOff + kBM * kRowBytes;
+  static constexpr int kVOff = kKOff + kBN * kRowBytes;
+  static constexpr int kPosOff = kVOff + kBN * kRowBytes;  // int32 [kBN]
+  static constexpr int kRedOff = kPosOff + kBN * 4;        // int32 [kWarps]
+  static constexpr int kBitmapOff = kRedOff + kWarps * 4;  // uint32 [bitmap_words]
+  static constexpr int kThreadsPerRow = kThreads / kBN;    // K/V loader: threads per KV row
+  static constexpr int kChunksPerThread = D / 8 / kThreadsPerRow;
+  static_assert(kThreads % kBN == 0 && (D / 8) % kThreadsPerRow == 0, "loader mapping");
+  static_assert(kBN % 16 == 0 && kBN <= 128, "kv tile");
+};
+
+__device__ __forceinline__ uint32_t Swz(int row, int chunk, int row_bytes) {
+  return static_cast<uint32_t>(row * row_bytes + ((chunk ^ (row & 7)) << 4));
+}
+
+// First tile >= from marked in the bitmap (tiles past the bitmap's capacity count as marked);
+// ntiles if none.
+__device__ __forceinline__ int NextTile(const uint32_t* bitmap, int words, int from, int ntiles) {
+  if (from >= ntiles) return ntiles;
+  int w = from >> 5;
+  if (w >= words) return from;
+  uint32_t bits = bitmap[w] & (~0u << (from & 31));
+  while (bits == 0) {
+    if (++w >= words) return min(w << 5, ntiles);
+    if ((w << 5) >= ntiles) return ntiles;
+    bits = bitmap[w];
+  }
+  return min((w << 5) + __ffs(bits) - 1, ntiles);
+}
+
+template <int D, int kMT, int kBN>
+__global__ void __launch_bounds__(kThreads, kMT == 1 ? 3 : 2)
+    PrefillKernel(const __grid_constant__ PrefillArgs a) {
+  using C = Cfg<D, kMT, kBN>;
+  constexpr int kBM = C::kBM;
+  constexpr int kRB = C::kRowBytes;
+  constexpr int kNT = kBN / 8;  // n-tiles of S
+  constexpr int kDT = D / 8;    // n-tiles of O
+  extern __shared__ __align__(128) unsigned char smem[];
+  int* pos_s = reinterpret_cast<int*>(smem + C::kPosOff);
+  int* red_s = reinterpret_cast<int*>(smem + C::kRedOff);
+  uint32_t* bitmap = reinterpret_cast<uint32_t*>(smem + C::kBitmapOff);
+  const uint32_t q_s = SmemAddr(smem + C::kQOff);
+  const uint32_t k_s = SmemAddr(smem + C::kKOff);
+  const uint32_t v_s = SmemAddr(smem + C::kVOff);
+  const uint32_t pos_sa = SmemAddr(pos_s);
+
   const PrefillAttentionParams& p = a.p;
   const int sh = blockIdx.x;
   const int H = p.tables.num_kv_heads;
-  const int G = a.group;
+  const int G = 1 << a.log2g;
   const int s = sh / H;
   const int h = sh - s * H;
   const int q_begin = __ldg(p.cu_q + s);
-  const int rows = (__ldg(p.cu_q + s + 1) - q_begin) * G;
-  const int warp = threadIdx.x >> 5;
-  const int row_base = blockIdx.y * kRowsPerCta + warp * 16;
-  if (row_base >= rows) return;  // whole warp; no block-level barrier in this kernel
-  const int lane = threadIdx.x & 31;
+  const int rows = (__ldg(p.cu_q + s + 1) - q_begin) << a.log2g;
+  const int tile_row0 = (gridDim.y - 1 - blockIdx.y) * kBM;  // heaviest (last) row tiles first
+  if (tile_row0 >= rows) return;                             // whole CTA
+  const int tid = threadIdx.x;
+  const int warp = tid >> 5;
+  const int lane = tid & 31;
   const int grp = lane >> 2;
-  const int t = lane & 3;
+  const int t4 = lane & 3;
   const int n = min(__ldg(p.tables.num_kvs + sh), p.tables.max_num_kvs);
+  const int ntiles = (n + kBN - 1) / kBN;
   const int32_t* list = p.tables.block_ids + __ldg(p.tables.table_offsets + sh);
+  const int log2b = a.log2b;
+  const int bmask = (1 << log2b) - 1;
 
-  // Rows a (grp) and b (grp + 8) of this warp's 16.
-  int tok[2];
-  int qh[2];
-  int qpos[2];
-  bool ok[2];
-  uint4 qf[2][kJ];
+  // ---- Q rows -> shared memory (async), row positions, CTA / warp position bounds -------------
+  {
+    constexpr int kTpr = kThreads / 64;  // 2 threads per Q row, 64 rows per pass
+    constexpr int kCpt = D / 8 / kTpr;
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int row = row_base + grp + r * 8;
-    ok[r] = row < rows;
-    tok[r] = q_begin + (ok[r] ? row / G : 0);
-    qh[r] = h * G + (ok[r] ? row % G : 0);
-    qpos[r] = ok[r] ? __ldg(p.q_positions + tok[r]) : INT_MIN;
-    const Bf16* qrow = p.q + tok[r] * a.q_stride + static_cast<int64_t>(qh[r]) * D;
+    for (int pass = 0; pass < kBM / 64; ++pass) {
+      const int r = pass * 64 + tid / kTpr;
+      const int row = tile_row0 + r;
+      const bool ok = row < rows;
+      const int tok = q_begin + (ok ? row >> a.log2g : 0);
+      const int qh = h * G + (ok ? row & (G - 1) : 0);
+      const Bf16* src = p.q + tok * a.q_stride + static_cast<int64_t>(qh) * D;
 #pragma unroll
-    for (int j = 0; j < kJ; ++j) {
-      qf[r][j] = ok[r] ? Load16(qrow + (j * 4 + t) * 8) : make_uint4(0, 0, 0, 0);
-    }
-  }
-  const int warp_max_qpos = __reduce_max_sync(kFullMask, max(qpos[0], qpos[1]));
-
-  float m[2] = {kNegInf, kNegInf};
-  float l[2] = {0.0f, 0.0f};
-  float o[kJ][4][4];
-#pragma unroll
-  for (int j = 0; j < kJ; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) o[j][e][0] = o[j][e][1] = o[j][e][2] = o[j][e][3] = 0.0f;
-
-  const uint4 zero = make_uint4(0, 0, 0, 0);
-  const int col_lane = lane & 15;
-  for (int kv0 = 0; kv0 < n; kv0 += 16) {
-    // Lane c (and c + 16) looks up column kv0 + c: its page row and stored position.
-    const int kvc = kv0 + col_lane;
-    const int64_t slot_c = kvc < n ? PhysSlot(list, kvc, a.log2b) : -1;
-    const int pos_c = slot_c >= 0 ? __ldg(p.cache.positions + slot_c) : INT_MAX;
-    if (__reduce_min_sync(kFullMask, pos_c) > warp_max_qpos) continue;  // nothing visible
-
-    const int64_t s0 = __shfl_sync(kFullMask, slot_c, grp);
-    const int64_t s1 = __shfl_sync(kFullMask, slot_c, grp + 8);
-    uint4 kf[2][kJ];
-    uint4 vf[2][kJ];
-#pragma unroll
-    for (int j = 0; j < kJ; ++j) {
-      const int off = (j * 4 + t) * 8;
-      kf[0][j] = s0 >= 0 ? Load16(p.cache.k + s0 * D + off) : zero;
-      kf[1][j] = s1 >= 0 ? Load16(p.cache.k + s1 * D + off) : zero;
-    }
-#pragma unroll
-    for (int j = 0; j < kJ; ++j) {
-      const int off = (j * 4 + t) * 8;
-      vf[0][j] = s0 >= 0 ? Load16(p.cache.v + s0 * D + off) : zero;
-      vf[1][j] = s1 >= 0 ? Load16(p.cache.v + s1 * D + off) : zero;
-    }
-    float acc[2][4];
-#pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-#pragma unroll
-      for (int j = 0; j < kJ; ++j) {
-        Mma(acc[nt], qf[0][j].x, qf[1][j].x, qf[0][j].y, qf[1][j].y, kf[nt][j].x, kf[nt][j].y);
-        Mma(acc[nt], qf[0][j].z, qf[1][j].z, qf[0][j].w, qf[1][j].w, kf[nt][j].z, kf[nt][j].w);
+      for (int i = 0; i < kCpt; ++i) {
+        const int c = (tid % kTpr) + i * kTpr;
+        CpAsync16(q_s + Swz(r, c, kRB), src + c * 8, ok ? 16 : 0);
       }
     }
-    // Mask by position; sv[r][nt*2 + e] = logit of row r, column nt*8 + 2t + e (log2 domain).
-    float sv[2][4];
+    CpAsyncCommit();
+  }
+  // This thread's MMA rows: m-tile mt, half r -> row warp * 16 kMT + mt * 16 + grp + 8 r.
+  int qpos[kMT][2];
+  int wmin = INT_MAX, wmax = INT_MIN;
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt)
+  for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
-      for (int e = 0; e < 2; ++e) {
-        const int col = nt * 8 + 2 * t + e;
-        const int pos = __shfl_sync(kFullMask, pos_c, col);
-        const bool valid = kv0 + col < n;
+    for (int r = 0; r < 2; ++r) {
+      const int row = tile_row0 + warp * 16 * kMT + mt * 16 + grp + 8 * r;
+      if (row < rows) {
+        qpos[mt][r] = __ldg(p.q_positions + q_begin + (row >> a.log2g));
+        wmin = min(wmin, qpos[mt][r]);
+        wmax = max(wmax, qpos[mt][r]);
+      } else {
+        qpos[mt][r] = INT_MIN;  // sees nothing; never written
+      }
+    }
+  wmin = __reduce_min_sync(kFullMask, wmin);
+  wmax = __reduce_max_sync(kFullMask, wmax);
+  if (lane == 0) red_s[warp] = wmax;
+  const int words = min(a.bitmap_words, (ntiles + 31) >> 5);
+  for (int w = tid; w < words; w += kThreads) bitmap[w] = 0u;
+  __syncthreads();
+  int cta_qmax = red_s[0];
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          sv[r][nt * 2 + e] = valid && pos <= qpos[r] ? acc[nt][r * 2 + e] * a.scale_log2 : kNegInf;
+  for (int w = 1; w < kWarps; ++w) cta_qmax = max(cta_qmax, red_s[w]);
+
+  // ---- Scan: mark the tiles holding a KV that some query of the CTA sees --------------------
+  // Lane l of warp w looks at 4 consecutive KVs (one block: b is a multiple of 4); a warp covers
+  // 128 consecutive KVs per step, kBN / 4 lanes per tile.
+  {
+    const int scan_n = min(n, words * 32 * kBN);
+    constexpr int kU = 4;
+    constexpr int kStep = 128 * kWarps;
+    constexpr int kLanesPerTile = kBN / 4;
+    for (int wb = warp * 128; wb < scan_n; wb += kStep * kU) {  // warp-uniform
+      int64_t first[kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int i = wb + u * kStep + 4 * lane;
+        first[u] = i < scan_n ? PhysSlot(list, i, log2b) : -1;
+      }
+      int4 pv[kU];
+#pragma unroll
+      for (int u = 0; u < kU; ++u) {
+        const int i = wb + u * kStep + 4 * lane;
+        const int32_t* pp = p.cache.positions + first[u];
+        if (i + 4 <= scan_n && a.pos_aligned) {
+          pv[u] = __ldg(reinterpret_cast<const int4*>(pp));
+        } else {
+          pv[u] = make_int4(INT_MAX, INT_MAX, INT_MAX, INT_MAX);
+          if (i < scan_n) pv[u].x = __ldg(pp);
+          if (i + 1 < scan_n) pv[u].y = __ldg(pp + 1);
+          if (i + 2 < scan_n) pv[u].z = __ldg(pp + 2);
+          if (i + 3 < scan_n) pv[u].w = __ldg(pp + 3);
         }
       }
-    const float alpha0 = OnlineSoftmaxStep(sv[0], m[0], l[0]);
-    const float alpha1 = OnlineSoftmaxStep(sv[1], m[1], l[1]);
 #pragma unroll
-    for (int j = 0; j < kJ; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        o[j][e][0] *= alpha0;
-        o[j][e][1] *= alpha0;
-        o[j][e][2] *= alpha1;
-        o[j][e][3] *= alpha1;
+      for (int u = 0; u < kU; ++u) {
+        const int i = wb + u * kStep + 4 * lane;
+        const int mn = min(min(pv[u].x, pv[u].y), min(pv[u].z, pv[u].w));
+        const uint32_t ballot = __ballot_sync(kFullMask, i < scan_n && mn <= cta_qmax);
+        if (lane % kLanesPerTile == 0 && i < scan_n) {
+          const uint32_t m =
+              kLanesPerTile == 32 ? ballot : (ballot >> lane) & ((1u << kLanesPerTile) - 1);
+          if (m != 0) {
+            const int t = i / kBN;
+            atomicOr(bitmap + (t >> 5), 1u << (t & 31));
+          }
+        }
       }
-    const uint32_t pa0 = PackBf16x2(sv[0][0], sv[0][1]);
-    const uint32_t pa1 = PackBf16x2(sv[1][0], sv[1][1]);
-    const uint32_t pa2 = PackBf16x2(sv[0][2], sv[0][3]);
-    const uint32_t pa3 = PackBf16x2(sv[1][2], sv[1][3]);
+    }
+  }
+  __syncthreads();
+
+  // ---- K/V loader: thread -> KV row ld_row of the tile, chunks ld_part + kThreadsPerRow * i ---
+  const int ld_row = tid / C::kThreadsPerRow;
+  const int ld_part = tid % C::kThreadsPerRow;
+  auto issue_rows = [&](uint32_t dst_base, const Bf16* pool, int64_t slot) {
+    const bool ok = slot >= 0;
+    const Bf16* src = ok ? pool + slot * D : pool;
 #pragma unroll
-    for (int j = 0; j < kJ; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const uint32_t b0 = TransposeBf16x8x8(Component(vf[0][j], e));
-        const uint32_t b1 = TransposeBf16x8x8(Component(vf[1][j], e));
-        Mma(o[j][e], pa0, pa1, pa2, pa3, b0, b1);
+    for (int i = 0; i < C::kChunksPerThread; ++i) {
+      const int c = ld_part + i * C::kThreadsPerRow;
+      CpAsync16(dst_base + Swz(ld_row, c, kRB), src + c * 8, ok ? 16 : 0);
+    }
+  };
+  auto slot_of = [&](int tile) -> int64_t {
+    const int kv = tile * kBN + ld_row;
+    return kv < n ? PhysSlot(list, kv, log2b) : -1;
+  };
+
+  int tile = NextTile(bitmap, words, 0, ntiles);
+  int64_t slot = -1;
+  if (tile < ntiles) {
+    slot = slot_of(tile);
+    issue_rows(k_s, p.cache.k, slot);
+    if (ld_part == 0) {
+      if (slot >= 0) {
+        CpAsync4(pos_sa + ld_row * 4, p.cache.positions + slot);
+      } else {
+        pos_s[ld_row] = INT_MAX;
       }
+    }
+    CpAsyncCommit();
   }
 
+  // Per-lane ldmatrix offsets (bytes, before the chunk swizzle).
+  const int x7 = lane & 7;
+  const uint32_t q_row_off = (warp * 16 * kMT + (lane & 15)) * kRB;  // + mt * 16 rows
+  const int q_chunk_hi = lane >> 4;
+  const uint32_t k_row_off = ((lane & 7) + ((lane >> 4) << 3)) * kRB;  // + np * 16 rows
+  const int k_chunk_hi = (lane >> 3) & 1;
+  const uint32_t v_row_off = ((lane & 7) + (((lane >> 3) & 1) << 3)) * kRB;  // + kk * 16 rows
+  const int v_chunk_hi = lane >> 4;
+
+  float m_run[kMT][2];
+  float l_run[kMT][2];
+  float o[kMT][kDT][4];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const float lr = QuadSum(l[r]);
-    if (!ok[r]) continue;
-    const float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
-    Bf16* orow = p.out + tok[r] * a.out_stride + static_cast<int64_t>(qh[r]) * D;
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-    for (int j = 0; j < kJ; ++j) {
-      uint4 v;
-      v.x = PackBf16x2(o[j][0][r * 2] * inv, o[j][0][r * 2 + 1] * inv);
-      v.y = PackBf16x2(o[j][1][r * 2] * inv, o[j][1][r * 2 + 1] * inv);
-      v.z = PackBf16x2(o[j][2][r * 2] * inv, o[j][2][r * 2 + 1] * inv);
-      v.w = PackBf16x2(o[j][3][r * 2] * inv, o[j][3][r * 2 + 1] * inv);
-      Store16(orow + (j * 4 + t) * 8, v);
+    for (int r = 0; r < 2; ++r) {
+      m_run[mt][r] = kNegInf;
+      l_run[mt][r] = 0.0f;
     }
-    if (p.lse != nullptr && t == 0) {
-      p.lse[static_cast<int64_t>(tok[r]) * p.num_q_heads + qh[r]] =
-          lr > 0.0f ? (m[r] + log2f(lr)) * kLn2 : kNegInf;
+#pragma unroll
+    for (int j = 0; j < kDT; ++j) o[mt][j][0] = o[mt][j][1] = o[mt][j][2] = o[mt][j][3] = 0.0f;
+  }
+  const float sl2 = a.scale_log2;
+
+  while (tile < ntiles) {
+    CpAsyncWaitAll();
+    __syncthreads();  // K[tile], positions (and Q) landed; every warp is done with V
+    issue_rows(v_s, p.cache.v, slot);
+    CpAsyncCommit();
+    const int next = NextTile(bitmap, words, tile + 1, ntiles);
+    // Block-table lookup of the next tile now; used after S is computed.
+    const int next_kv = next * kBN + ld_row;
+    const bool next_ok = next < ntiles && next_kv < n;
+    const int32_t next_block = next_ok ? __ldg(list + (next_kv >> log2b)) : 0;
+
+    // Warp-level visibility of this tile.
+    int pmin = INT_MAX, pmax = INT_MIN;
+#pragma unroll
+    for (int i = lane; i < kBN; i += 32) {
+      pmin = min(pmin, pos_s[i]);
+      pmax = max(pmax, pos_s[i]);
+    }
+    pmin = __reduce_min_sync(kFullMask, pmin);
+    pmax = __reduce_max_sync(kFullMask, pmax);
+    const bool active = pmin <= wmax;
+    const bool need_mask = pmax > wmin;
+
+    uint32_t pa[kMT][kBN / 16][4];
+    if (active) {
+      float sacc[kMT][kNT][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int j = 0; j < kNT; ++j)
+          sacc[mt][j][0] = sacc[mt][j][1] = sacc[mt][j][2] = sacc[mt][j][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < D / 16; ++kk) {
+        uint32_t qa[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          LdMatrixX4(qa[mt], q_s + q_row_off + mt * 16 * kRB + (((2 * kk + q_chunk_hi) ^ x7) << 4));
+        }
+#pragma unroll
+        for (int np = 0; np < kBN / 16; ++np) {
+          uint32_t kb[4];
+          LdMatrixX4(kb, k_s + k_row_off + np * 16 * kRB + (((2 * kk + k_chunk_hi) ^ x7) << 4));
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            Mma(sacc[mt][2 * np], qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3], kb[0], kb[1]);
+            Mma(sacc[mt][2 * np + 1], qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3], kb[2], kb[3]);
+          }
+        }
+      }
+      if (need_mask) {
+#pragma unroll
+        for (int j = 0; j < kNT; ++j) {
+          const int2 pp = *reinterpret_cast<const int2*>(pos_s + j * 8 + 2 * t4);
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            if (pp.x > qpos[mt][0]) sacc[mt][j][0] = kNegInf;
+            if (pp.y > qpos[mt][0]) sacc[mt][j][1] = kNegInf;
+            if (pp.x > qpos[mt][1]) sacc[mt][j][2] = kNegInf;
+            if (pp.y > qpos[mt][1]) sacc[mt][j][3] = kNegInf;
+          }
+        }
+      }
+      // Online softmax (raw-logit running max; p = 2^(s * scale_log2 - m * scale_log2)).
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mx = kNegInf;
+#pragma unroll
+          for (int j = 0; j < kNT; ++j)
+            mx = fmaxf(mx, fmaxf(sacc[mt][j][2 * r], sacc[mt][j][2 * r + 1]));
+          mx = QuadMax(mx);
+          const float m_new = fmaxf(m_run[mt][r], mx);
+          const float neg = m_new == kNegInf ? 0.0f : -m_new * sl2;
+          const float alpha = FastExp2(fmaf(m_run[mt][r], sl2, neg));
+          m_run[mt][r] = m_new;
+          float sum = 0.0f;
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            sacc[mt][j][2 * r] = FastExp2(fmaf(sacc[mt][j][2 * r], sl2, neg));
+            sacc[mt][j][2 * r + 1] = FastExp2(fmaf(sacc[mt][j][2 * r + 1], sl2, neg));
+            sum += sacc[mt][j][2 * r] + sacc[mt][j][2 * r + 1];
+          }
+          l_run[mt][r] = l_run[mt][r] * alpha + sum;
+#pragma unroll
+          for (int j = 0; j < kDT; ++j) {
+            o[mt][j][2 * r] *= alpha;
+            o[mt][j][2 * r + 1] *= alpha;
+          }
+        }
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+        for (int kk = 0; kk < kBN / 16; ++kk) {
+          pa[mt][kk][0] = PackBf16x2(sacc[mt][2 * kk][0], sacc[mt][2 * kk][1]);
+          pa[mt][kk][1] = PackBf16x2(sacc[mt][2 * kk][2], sacc[mt][2 * kk][3]);
+          pa[mt][kk][2] = PackBf16x2(sacc[mt][2 * kk + 1][0], sacc[mt][2 * kk + 1][1]);
+          pa[mt][kk][3] = PackBf16x2(sacc[mt][2 * kk + 1][2], sacc[mt][2 * kk + 1][3]);
+        }
+    }
+
+    CpAsyncWaitAll();
+    __syncthreads();  // V[tile] landed; every warp is done with K and the positions
+    int64_t next_slot = -1;
+    if (next < ntiles) {
+      next_slot = next_ok ? (static_cast<int64_t>(next_block) << log2b) | (next_kv & bmask) : -1;
+      issue_rows(k_s, p.cache.k, next_slot);
+      if (ld_part == 0) {
+        if (next_slot >= 0) {
+          CpAsync4(pos_sa + ld_row * 4, p.cache.positions + next_slot);
+        } else {
+          pos_s[ld_row] = INT_MAX;
+        }
+      }
+      CpAsyncCommit();
+    }
+
+    if (active) {
+#pragma unroll
+      for (int kk = 0; kk < kBN / 16; ++kk)
+#pragma unroll
+        for (int dp = 0; dp < D / 16; ++dp) {
+          uint32_t vb[4];
+          LdMatrixX4Trans(vb,
+                          v_s + v_row_off + kk * 16 * kRB + (((2 * dp + v_chunk_hi) ^ x7) << 4));
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            Mma(o[mt][2 * dp], pa[mt][kk][0], pa[mt][kk][1], pa[mt][kk][2], pa[mt][kk][3], vb[0],
+                vb[1]);
+            Mma(o[mt][2 * dp + 1], pa[mt][kk][0], pa[mt][kk][1], pa[mt][kk][2], pa[mt][kk][3],
+                vb[2], vb[3]);
+          }
+        }
+    }
+    tile = next;
+    slot = next_slot;
+  }
+
+  // ---- Epilogue: O / l -> this warp's own Q rows in shared memory -> 16-byte global stores -----
+  CpAsyncWaitAll();
+  __syncthreads();  // no copy still in flight into Q (a head without visible tiles)
+  unsigned char* q_sp = smem + C::kQOff;
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float lr = QuadSum(l_run[mt][r]);
+      const float inv = lr > 0.0f ? 1.0f / lr : 0.0f;
+      const int r_local = warp * 16 * kMT + mt * 16 + grp + 8 * r;
+#pragma unroll
+      for (int j = 0; j < kDT; ++j) {
+        *reinterpret_cast<uint32_t*>(q_sp + Swz(r_local, j, kRB) + t4 * 4) =
+            PackBf16x2(o[mt][j][2 * r] * inv, o[mt][j][2 * r + 1] * inv);
+      }
+      const int row = tile_row0 + r_local;
+      if (p.lse != nullptr && t4 == 0 && row < rows) {
+        const int tok = q_begin + (row >> a.log2g);
+        const int qh = h * G + (row & (G - 1));
+        p.lse[static_cast<int64_t>(tok) * p.num_q_heads + qh] =
+            lr > 0.0f ? (m_run[mt][r] * sl2 + log2f(lr)) * kLn2 : kNegInf;
+      }
+    }
+  __syncwarp();
+  {
+    constexpr int kCpr = D / 8;  // chunks per row
+    constexpr int kRowsPerPass = 32 / kCpr;
+#pragma unroll
+    for (int i = 0; i < 16 * kMT / kRowsPerPass; ++i) {
+      const int r_local = warp * 16 * kMT + i * kRowsPerPass + lane / kCpr;
+      const int c = lane % kCpr;
+      const int row = tile_row0 + r_local;
+      if (row < rows) {
+        const uint4 v = *reinterpret_cast<const uint4*>(q_sp + Swz(r_local, c, kRB));
+        const int tok = q_begin + (row >> a.log2g);
+        const int qh = h * G + (row & (G - 1));
+        Store16(p.out + tok * a.out_stride + static_cast<int64_t>(qh) * D + c * 8, v);
+      }
     }
   }
+}
+
+template <int D, int kMT, int kBN>
+cudaError_t Launch(const PrefillArgs& a, int heads, cudaStream_t stream) {
+  using C = Cfg<D, kMT, kBN>;
+  const int tiles = CeilDiv(a.p.max_q_len << a.log2g, C::kBM);
+  const int ntiles_max = CeilDiv(a.p.tables.max_num_kvs, kBN);
+  PrefillArgs args = a;
+  args.bitmap_words = min(CeilDiv(ntiles_max, 32), kMaxBitmapWords);
+  const int smem = C::kBitmapOff + 4 * max(args.bitmap_words, 1);
+  auto kernel = PrefillKernel<D, kMT, kBN>;
+  // Raise the dynamic shared-memory limit once, to the largest size this instance can ask for.
+  static const cudaError_t attr = cudaFuncSetAttribute(
+      kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kBitmapOff + 4 * kMaxBitmapWords);
+  if (attr != cudaSuccess) return attr;
+  kernel<<<dim3(heads, tiles), kThreads, smem, stream>>>(args);
+  return cudaGetLastError();
+}
+
+// Benchmark-only variant switch (KVC_PREFILL_VARIANT = m1n64 | m2n64 | m1n32; default m2n32).
+int Variant() {
+  static const int v = [] {
+    const char* e = std::getenv("KVC_PREFILL_VARIANT");
+    if (e == nullptr) return 0;
+    if (!std::strcmp(e, "m1n64")) return 1;
+    if (!std::strcmp(e, "m2n64")) return 2;
+    if (!std::strcmp(e, "m1n32")) return 3;
+    return 0;
+  }();
+  return v;
 }
 
 }  // namespace
@@ -180,17 +518,26 @@ template <int kHeadDim>
 cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t stream) {
   const int heads = p.tables.num_seqs * p.tables.num_kv_heads;
   const int group = p.num_q_heads / p.tables.num_kv_heads;
-  const int tiles = CeilDiv(p.max_q_len * group, kRowsPerCta);
-  if (heads == 0 || tiles == 0) return cudaSuccess;
+  if (heads == 0 || p.max_q_len <= 0) return cudaSuccess;
   PrefillArgs a;
   a.p = p;
-  a.group = group;
+  a.log2g = Log2Pow2(group);
   a.log2b = Log2Pow2(p.cache.block_size);
+  a.bitmap_words = 0;
+  a.pos_aligned = (reinterpret_cast<uintptr_t>(p.cache.positions) & 15) == 0;
   a.scale_log2 = p.scale * kLog2e;
   a.q_stride = p.q_stride ? p.q_stride : static_cast<int64_t>(p.num_q_heads) * kHeadDim;
   a.out_stride = p.out_stride ? p.out_stride : static_cast<int64_t>(p.num_q_heads) * kHeadDim;
-  PrefillKernel<kHeadDim><<<dim3(heads, tiles), kThreads, 0, stream>>>(a);
-  return cudaGetLastError();
+  switch (Variant()) {
+    case 1:
+      return Launch<kHeadDim, 1, 64>(a, heads, stream);
+    case 2:
+      return Launch<kHeadDim, 2, 64>(a, heads, stream);
+    case 3:
+      return Launch<kHeadDim, 1, 32>(a, heads, stream);
+    default:
+      return Launch<kHeadDim, 2, 32>(a, heads, stream);
+  }
 }
 
 template cudaError_t LaunchPrefillAttention<64>(const PrefillAttentionParams&, cudaStream_t);
