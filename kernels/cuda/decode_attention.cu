@@ -7,10 +7,17 @@
 //      straight from the pages into registers (16-byte loads), logits of the G <= 8 query heads
 //      with one tensor-core MMA per 16 KV x 16 dims (G query rows of 16; rows G.. are zero),
 //      online softmax, P·V with V transposed in registers. Warps merge through shared memory.
-//      splits == 1: writes out/lse; else: per-split partial (O/L, max, sum) to the workspace.
-//   2. DecodeCombineKernel (splits > 1) grid (S*H, G): merges the partials, writes out/lse.
-//   3. DecodeScoreKernel   (accumulate_scores) grid (S*H, splits): scores[slot] +=
-//      sum_g exp2(2 (logit_g - lse2_g)) from the logits kernel 1 stored, with the final LSE.
+//      splits == 1: writes out/lse and, with accumulate_scores, adds its head's decode scores
+//      itself (it knows the final LSE after the merge); else: per-split partial (O/L, max, sum)
+//      to the workspace.
+//   2. splits > 1, without scores: DecodeCombineKernel grid (S*H, G) merges the partials and
+//      writes out/lse. With scores: DecodeCombineScoreKernel grid (S*H, max(splits, G)): CTA
+//      (head, y) merges query head y (y < G) like the combine, derives the final LSE of all G
+//      query heads from the partials' (max, sum) and adds the decode scores of chunk y.
+//
+// Decode scores: scores[slot] += sum_g exp2(2 (logit_g - lse2_g)), from the scaled log2 logits
+// that kernel 1 stores to the workspace ([head][split][g][chunk], one float2 per lane and
+// n-tile) and the final log2 LSE. Each slot belongs to exactly one CTA: no atomics, no clear.
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/launch.h"
 
@@ -29,14 +36,19 @@ struct DecodeArgs {
   float scale_log2;
   int64_t q_stride;
   int64_t out_stride;
-  float* lse2;     // [S*H*G]
-  float* part_o;   // [S*H*splits*G, D]
-  float* part_ml;  // [S*H*splits*G, 2]
-  float* logits;   // [S*H*splits*G, chunk]
+  float* part_o;    // [S*H*splits*G, D]
+  float* part_ml;   // [S*H*splits*G, 2]
+  float* logits;    // [S*H*splits*G, chunk]
+  bool vec_scores;  // cache.scores is 16-byte aligned: float4 read-modify-write of a quad
 };
 
 __device__ __forceinline__ int HeadLength(const DecodeAttentionParams& p, int sh) {
   return min(__ldg(p.tables.num_kvs + sh), p.tables.max_num_kvs);
+}
+
+// Log2-domain LSE of a row from its merged (max, sum); -inf for an empty row.
+__device__ __forceinline__ float Lse2(float m, float l) {
+  return l > 0.0f ? m + log2f(l) : kNegInf;
 }
 
 // Writes the final output row of query head (sh, g) element d, and its LSE once per row.
@@ -49,10 +61,91 @@ __device__ __forceinline__ void WriteFinal(const DecodeArgs& a, int sh, int g, i
   const int qh = (sh - s * H) * a.group + g;
   p.out[s * a.out_stride + static_cast<int64_t>(qh) * D + d] =
       Bf16{__bfloat16_as_ushort(__float2bfloat16_rn(l > 0.0f ? o / l : 0.0f))};
-  if (d == 0) {
-    const float lse2 = l > 0.0f ? m + log2f(l) : kNegInf;
-    if (p.lse != nullptr) p.lse[static_cast<int64_t>(s) * p.num_q_heads + qh] = lse2 * kLn2;
-    a.lse2[static_cast<int64_t>(sh) * a.group + g] = lse2;
+  if (d == 0 && p.lse != nullptr) {
+    p.lse[static_cast<int64_t>(s) * p.num_q_heads + qh] = Lse2(m, l) * kLn2;
+  }
+}
+
+// scores[slot(i)] += sum_{g < G} exp2(2 (logits[g * chunk + i - c0] - lse2[g])) for the KVs
+// i in [c0, c1) of one head (c0 a multiple of 16; lse2 in shared memory). The whole CTA calls
+// it. Thread x takes the quads 4 (x + k * kThreads) + {0..3}; a quad lies in one page (block
+// size >= 8), so it costs one float4 per query head, one page lookup and one float4
+// read-modify-write of scores. Two quads per iteration, all their loads issued before any
+// math. The < 4 KVs after the last full quad go one per thread (the logits past c1 were never
+// written and are never read).
+template <int kU>
+__device__ __forceinline__ void AccumulateChunkScores(const DecodeArgs& a, const int32_t* list,
+                                                      const float* logits, int c0, int c1,
+                                                      const float* lse2) {
+  const int G = a.group;
+  const int chunk = a.p.chunk_size;
+  float* const scores = a.p.cache.scores;
+  float l2[kMaxGroup];
+#pragma unroll
+  for (int g = 0; g < kMaxGroup; ++g) l2[g] = g < G ? lse2[g] : 0.0f;
+  const int quads = (c1 - c0) >> 2;
+  for (int q0 = threadIdx.x; q0 < quads; q0 += kU * kThreads) {
+    float4 x[kU][kMaxGroup];
+    float4 sc[kU];
+    int64_t slot[kU];
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      const int q = q0 + u * kThreads;
+      slot[u] = q < quads ? PhysSlot(list, c0 + 4 * q, a.log2b) : -1;
+#pragma unroll
+      for (int g = 0; g < kMaxGroup; ++g) {
+        x[u][g] = g < G && q < quads ? *reinterpret_cast<const float4*>(logits + g * chunk + 4 * q)
+                                     : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      float* const sp = scores + slot[u];
+      if (slot[u] < 0) {
+        sc[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      } else if (a.vec_scores) {
+        sc[u] = *reinterpret_cast<const float4*>(sp);
+      } else {
+        sc[u] = make_float4(sp[0], sp[1], sp[2], sp[3]);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kU; ++u) {
+      if (slot[u] < 0) continue;
+      float4 r = sc[u];
+      float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+      for (int g = 0; g < kMaxGroup; ++g) {
+        if (g < G) {
+          sum.x += exp2f(2.0f * (x[u][g].x - l2[g]));
+          sum.y += exp2f(2.0f * (x[u][g].y - l2[g]));
+          sum.z += exp2f(2.0f * (x[u][g].z - l2[g]));
+          sum.w += exp2f(2.0f * (x[u][g].w - l2[g]));
+        }
+      }
+      r.x += sum.x;
+      r.y += sum.y;
+      r.z += sum.z;
+      r.w += sum.w;
+      float* const sp = scores + slot[u];
+      if (a.vec_scores) {
+        *reinterpret_cast<float4*>(sp) = r;
+      } else {
+        sp[0] = r.x;
+        sp[1] = r.y;
+        sp[2] = r.z;
+        sp[3] = r.w;
+      }
+    }
+  }
+  const int i = c0 + 4 * quads + static_cast<int>(threadIdx.x);
+  if (threadIdx.x < 4 && i < c1) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int g = 0; g < kMaxGroup; ++g) {
+      if (g < G) sum += exp2f(2.0f * (logits[g * chunk + (i - c0)] - l2[g]));
+    }
+    scores[PhysSlot(list, i, a.log2b)] += sum;
   }
 }
 
@@ -60,6 +153,9 @@ template <int D>
 __global__ void __launch_bounds__(kThreads)
     DecodeSplitKernel(const __grid_constant__ DecodeArgs a) {
   constexpr int kJ = D / 32;  // 16-byte chunks per lane per row
+  // Quads in flight per thread in the fused score pass: 2 stays within the main loop's register
+  // budget at head_dim 128 (163 <= 168 registers: 3 CTAs per SM), 1 at 64 (76 <= 80: 6).
+  constexpr int kScoreUnroll = D >= 128 ? 2 : 1;
   const DecodeAttentionParams& p = a.p;
   const int sh = blockIdx.x;
   const int split = blockIdx.y;
@@ -86,6 +182,9 @@ __global__ void __launch_bounds__(kThreads)
     for (int j = 0; j < kJ; ++j)
       qf[j] = row_ok ? Load16(qrow + (j * 4 + t) * 8) : make_uint4(0, 0, 0, 0);
   }
+  // Logits of this CTA's chunk: [g][chunk] from `head_logits`; lane row grp at logit_row[kv].
+  const float* head_logits =
+      a.logits + (static_cast<int64_t>(sh) * p.num_splits + split) * G * p.chunk_size;
   float* logit_row = nullptr;
   if (p.accumulate_scores && row_ok) {
     logit_row = a.logits +
@@ -166,6 +265,7 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float s_o[kWarps][kMaxGroup][D];
   __shared__ float s_m[kWarps][kMaxGroup];
   __shared__ float s_l[kWarps][kMaxGroup];
+  __shared__ float s_lse2[kMaxGroup];
   if (row_ok) {
     if (t == 0) {
       s_m[warp][grp] = m;
@@ -198,6 +298,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     if (p.num_splits == 1) {
       WriteFinal<D>(a, sh, g, d, oo, mm, ll);
+      if (d == 0) s_lse2[g] = Lse2(mm, ll);
     } else {
       const int64_t row = (static_cast<int64_t>(sh) * p.num_splits + split) * G + g;
       a.part_o[row * D + d] = ll > 0.0f ? oo / ll : 0.0f;
@@ -207,23 +308,25 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
   }
+  // One split: the CTA has seen the whole head, so it knows the final LSE and adds the decode
+  // scores itself. Its logits were written above by its own threads (visible to the CTA after
+  // the barrier) and are still in L2. (CTA-uniform condition.)
+  if (p.num_splits == 1 && p.accumulate_scores && n > 0) {
+    __syncthreads();
+    AccumulateChunkScores<kScoreUnroll>(a, list, head_logits, 0, n, s_lse2);
+  }
 }
 
-// One CTA per (head, query head g): warp w merges splits w, w+4, ... of the row with an online
-// rescale (lane holds D/32 consecutive elements), then the 4 warps merge through shared memory.
+// Merges query head g of kv head sh over its splits and writes out/lse: warp w merges splits
+// w, w+4, ... with an online rescale (lane holds D/32 consecutive elements), then the 4 warps
+// merge through shared memory. The whole CTA calls it.
 template <int D>
-__global__ void __launch_bounds__(kThreads)
-    DecodeCombineKernel(const __grid_constant__ DecodeArgs a) {
+__device__ __forceinline__ void CombineRow(const DecodeArgs& a, int sh, int g, int used) {
   constexpr int kV = D / 32;
-  const DecodeAttentionParams& p = a.p;
-  const int sh = blockIdx.x;
-  const int g = blockIdx.y;
   const int G = a.group;
-  const int n = HeadLength(p, sh);
-  const int used = max(1, CeilDiv(n, p.chunk_size));
   const int warp = threadIdx.x >> 5;
   const int lane = threadIdx.x & 31;
-  const int64_t row0 = static_cast<int64_t>(sh) * p.num_splits * G + g;
+  const int64_t row0 = static_cast<int64_t>(sh) * a.p.num_splits * G + g;
   float m = kNegInf;
   float l = 0.0f;
   float acc[kV];
@@ -278,31 +381,55 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+// One CTA per (head, query head g).
+template <int D>
 __global__ void __launch_bounds__(kThreads)
-    DecodeScoreKernel(const __grid_constant__ DecodeArgs a) {
+    DecodeCombineKernel(const __grid_constant__ DecodeArgs a) {
+  const int sh = blockIdx.x;
+  const int n = HeadLength(a.p, sh);
+  CombineRow<D>(a, sh, blockIdx.y, max(1, CeilDiv(n, a.p.chunk_size)));
+}
+
+// CTA (head, y): query head y's combine (y < G), then the decode scores of chunk y (y < used
+// splits). The final log2 LSE of every query head comes straight from the partials: warp w
+// takes query heads w, w+4 (max over the used splits, then the rescaled sum; lanes stride
+// the splits).
+template <int D>
+__global__ void __launch_bounds__(kThreads)
+    DecodeCombineScoreKernel(const __grid_constant__ DecodeArgs a) {
   const DecodeAttentionParams& p = a.p;
   const int sh = blockIdx.x;
-  const int split = blockIdx.y;
-  const int n = HeadLength(p, sh);
-  const int c0 = split * p.chunk_size;
-  if (c0 >= n) return;
-  const int c1 = min(n, c0 + p.chunk_size);
+  const int y = blockIdx.y;
   const int G = a.group;
-  const int32_t* list = p.tables.block_ids + __ldg(p.tables.table_offsets + sh);
-  float lse2[kMaxGroup];
+  const int n = HeadLength(p, sh);
+  const int used = max(1, CeilDiv(n, p.chunk_size));
+  if (y < G) CombineRow<D>(a, sh, y, used);
+  const int c0 = y * p.chunk_size;
+  if (c0 >= n) return;  // CTA-uniform
+  __shared__ float s_lse2[kMaxGroup];
+  const int warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31;
+  const int64_t row0 = static_cast<int64_t>(sh) * p.num_splits * G;
+  for (int g = warp; g < G; g += kWarps) {
+    float mm = kNegInf;
+    for (int sp = lane; sp < used; sp += 32) mm = fmaxf(mm, a.part_ml[(row0 + sp * G + g) * 2]);
 #pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g)
-    lse2[g] = g < G ? a.lse2[static_cast<int64_t>(sh) * G + g] : 0.0f;
-  const float* logits =
-      a.logits + (static_cast<int64_t>(sh) * p.num_splits + split) * G * p.chunk_size;
-  for (int i = c0 + threadIdx.x; i < c1; i += kThreads) {
-    float sum = 0.0f;
-#pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) {
-      if (g < G) sum += exp2f(2.0f * (logits[g * p.chunk_size + (i - c0)] - lse2[g]));
+    for (int off = 16; off > 0; off >>= 1) mm = fmaxf(mm, __shfl_xor_sync(kFullMask, mm, off));
+    float ll = 0.0f;
+    if (mm != kNegInf) {
+      for (int sp = lane; sp < used; sp += 32) {
+        const float2 ml = *reinterpret_cast<const float2*>(a.part_ml + (row0 + sp * G + g) * 2);
+        if (ml.y > 0.0f) ll += ml.y * exp2f(ml.x - mm);
+      }
     }
-    p.cache.scores[PhysSlot(list, i, a.log2b)] += sum;
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) ll += __shfl_xor_sync(kFullMask, ll, off);
+    if (lane == 0) s_lse2[g] = Lse2(mm, ll);
   }
+  __syncthreads();
+  const int32_t* list = p.tables.block_ids + __ldg(p.tables.table_offsets + sh);
+  AccumulateChunkScores<2>(a, list, a.logits + (row0 + static_cast<int64_t>(y) * G) * p.chunk_size,
+                           c0, min(n, c0 + p.chunk_size), s_lse2);
 }
 
 }  // namespace
@@ -322,17 +449,20 @@ cudaError_t LaunchDecodeAttention(const DecodeAttentionParams& p, cudaStream_t s
       DecodeWorkspace(p.tables.num_seqs, p.tables.num_kv_heads, a.group, kHeadDim, p.num_splits,
                       p.chunk_size, p.accumulate_scores);
   char* base = static_cast<char*>(p.workspace);
-  a.lse2 = reinterpret_cast<float*>(base + w.lse2);
   a.part_o = reinterpret_cast<float*>(base + w.part_o);
   a.part_ml = reinterpret_cast<float*>(base + w.part_ml);
   a.logits = reinterpret_cast<float*>(base + w.logits);
+  a.vec_scores = reinterpret_cast<uintptr_t>(p.cache.scores) % 16 == 0;
 
-  const dim3 grid(heads, p.num_splits);
-  DecodeSplitKernel<kHeadDim><<<grid, kThreads, 0, stream>>>(a);
+  DecodeSplitKernel<kHeadDim><<<dim3(heads, p.num_splits), kThreads, 0, stream>>>(a);
   if (p.num_splits > 1) {
-    DecodeCombineKernel<kHeadDim><<<dim3(heads, a.group), kThreads, 0, stream>>>(a);
+    if (p.accumulate_scores) {
+      DecodeCombineScoreKernel<kHeadDim>
+          <<<dim3(heads, max(p.num_splits, a.group)), kThreads, 0, stream>>>(a);
+    } else {
+      DecodeCombineKernel<kHeadDim><<<dim3(heads, a.group), kThreads, 0, stream>>>(a);
+    }
   }
-  if (p.accumulate_scores) DecodeScoreKernel<<<grid, kThreads, 0, stream>>>(a);
   return cudaGetLastError();
 }
 

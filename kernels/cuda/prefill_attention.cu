@@ -83,12 +83,12 @@ struct Cfg {
   static constexpr int kBM = kWarps * 16 * kMT;
   static constexpr int kRowBytes = D * 2;
   static constexpr int kQOff = 0;
-  static constexpr int kKOff = kQOff + kBM * kRowBytes;
-  static constexpr int kVOff = kKOff + kBN * kRowBytes;
-  static constexpr int kPosOff = kVOff + kBN * kRowBytes;  // int32 [kBN]
-  static constexpr int kRedOff = kPosOff + kBN * 4;        // int32 [kWarps]
-  static constexpr int kBitmapOff = kRedOff + kWarps * 4;  // uint32 [bitmap_words]
-  static constexpr int kThreadsPerRow = kThreads / kBN;    // K/V loader: threads per KV row
+  static constexpr int kKOff = kQOff + kBM * kRowBytes;        // 2 buffers
+  static constexpr int kVOff = kKOff + 2 * kBN * kRowBytes;    // 2 buffers
+  static constexpr int kPosOff = kVOff + 2 * kBN * kRowBytes;  // int32 [2][kBN]
+  static constexpr int kRedOff = kPosOff + 2 * kBN * 4;        // int32 [kWarps]
+  static constexpr int kBitmapOff = kRedOff + kWarps * 4;      // uint32 [bitmap_words]
+  static constexpr int kThreadsPerRow = kThreads / kBN;        // K/V loader: threads per KV row
   static constexpr int kChunksPerThread = D / 8 / kThreadsPerRow;
   static_assert(kThreads % kBN == 0 && (D / 8) % kThreadsPerRow == 0, "loader mapping");
   static_assert(kBN % 16 == 0 && kBN <= 128, "kv tile");
@@ -113,13 +113,14 @@ __device__ __forceinline__ int NextTile(const uint32_t* bitmap, int words, int f
   return min((w << 5) + __ffs(bits) - 1, ntiles);
 }
 
-template <int D, int kMT, int kBN>
+template <int D, int kMT, int kBN, int kSN>
 __global__ void __launch_bounds__(kThreads, kMT == 1 ? 3 : 2)
     PrefillKernel(const __grid_constant__ PrefillArgs a) {
+  static_assert(kBN % kSN == 0 && kSN % 32 == 0, "sub-tile");
   using C = Cfg<D, kMT, kBN>;
   constexpr int kBM = C::kBM;
   constexpr int kRB = C::kRowBytes;
-  constexpr int kNT = kBN / 8;  // n-tiles of S
+  constexpr int kNT = kSN / 8;  // n-tiles of S (one compute sub-tile)
   constexpr int kDT = D / 8;    // n-tiles of O
   extern __shared__ __align__(128) unsigned char smem[];
   int* pos_s = reinterpret_cast<int*>(smem + C::kPosOff);
@@ -197,6 +198,49 @@ __global__ void __launch_bounds__(kThreads, kMT == 1 ? 3 : 2)
 #pragma unroll
   for (int w = 1; w < kWarps; ++w) cta_qmax = max(cta_qmax, red_s[w]);
 
+  // ---- K/V loader: thread -> KV row ld_row of the tile, chunks ld_part + kThreadsPerRow * i ---
+  // Tile i of the walk lives in buffer i & 1; the copy of tile i + 1 is issued right after the
+  // barrier that opens iteration i, so it has a whole iteration of compute to land.
+  const int ld_row = tid / C::kThreadsPerRow;
+  const int ld_part = tid % C::kThreadsPerRow;
+  constexpr uint32_t kKvBufBytes = kBN * kRB;
+  auto issue_tile = [&](int buf, int64_t slot) {
+    const bool ok = slot >= 0;
+    const int64_t off = ok ? slot * D : 0;
+    const uint32_t kd = k_s + buf * kKvBufBytes;
+    const uint32_t vd = v_s + buf * kKvBufBytes;
+#pragma unroll
+    for (int i = 0; i < C::kChunksPerThread; ++i) {
+      const int c = ld_part + i * C::kThreadsPerRow;
+      CpAsync16(kd + Swz(ld_row, c, kRB), p.cache.k + off + c * 8, ok ? 16 : 0);
+    }
+#pragma unroll
+    for (int i = 0; i < C::kChunksPerThread; ++i) {
+      const int c = ld_part + i * C::kThreadsPerRow;
+      CpAsync16(vd + Swz(ld_row, c, kRB), p.cache.v + off + c * 8, ok ? 16 : 0);
+    }
+    if (ld_part == 0) {
+      if (ok) {
+        CpAsync4(pos_sa + (buf * kBN + ld_row) * 4, p.cache.positions + slot);
+      } else {
+        pos_s[buf * kBN + ld_row] = INT_MAX;
+      }
+    }
+    CpAsyncCommit();
+  };
+  // Block id of this thread's KV row of tile t (prefetched one iteration ahead).
+  auto block_of = [&](int t) -> int32_t {
+    const int kv = t * kBN + ld_row;
+    return t < ntiles && kv < n ? __ldg(list + (kv >> log2b)) : -1;
+  };
+  auto slot_from = [&](int t, int32_t block) -> int64_t {
+    return block >= 0 ? (static_cast<int64_t>(block) << log2b) | ((t * kBN + ld_row) & bmask) : -1;
+  };
+
+  // The first tile is nearly always visible: start its copy before the scan (redone below if
+  // the walk starts elsewhere).
+  if (ntiles > 0) issue_tile(0, slot_from(0, block_of(0)));
+
   // ---- Scan: mark the tiles holding a KV that some query of the CTA sees --------------------
   // Lane l of warp w looks at 4 consecutive KVs (one block: b is a multiple of 4); a warp covers
   // 128 consecutive KVs per step, kBN / 4 lanes per tile.
@@ -245,36 +289,16 @@ __global__ void __launch_bounds__(kThreads, kMT == 1 ? 3 : 2)
   }
   __syncthreads();
 
-  // ---- K/V loader: thread -> KV row ld_row of the tile, chunks ld_part + kThreadsPerRow * i ---
-  const int ld_row = tid / C::kThreadsPerRow;
-  const int ld_part = tid % C::kThreadsPerRow;
-  auto issue_rows = [&](uint32_t dst_base, const Bf16* pool, int64_t slot) {
-    const bool ok = slot >= 0;
-    const Bf16* src = ok ? pool + slot * D : pool;
-#pragma unroll
-    for (int i = 0; i < C::kChunksPerThread; ++i) {
-      const int c = ld_part + i * C::kThreadsPerRow;
-      CpAsync16(dst_base + Swz(ld_row, c, kRB), src + c * 8, ok ? 16 : 0);
-    }
-  };
-  auto slot_of = [&](int tile) -> int64_t {
-    const int kv = tile * kBN + ld_row;
-    return kv < n ? PhysSlot(list, kv, log2b) : -1;
-  };
-
   int tile = NextTile(bitmap, words, 0, ntiles);
-  int64_t slot = -1;
+  int next = ntiles;
+  int32_t next_block = -1;
   if (tile < ntiles) {
-    slot = slot_of(tile);
-    issue_rows(k_s, p.cache.k, slot);
-    if (ld_part == 0) {
-      if (slot >= 0) {
-        CpAsync4(pos_sa + ld_row * 4, p.cache.positions + slot);
-      } else {
-        pos_s[ld_row] = INT_MAX;
-      }
+    if (tile != 0) {
+      CpAsyncWaitAll();  // this thread's copy of tile 0 into the same rows
+      issue_tile(0, slot_from(tile, block_of(tile)));
     }
-    CpAsyncCommit();
+    next = NextTile(bitmap, words, tile + 1, ntiles);
+    next_block = block_of(next);
   }
 
   // Per-lane ldmatrix offsets (bytes, before the chunk swizzle).
@@ -301,142 +325,136 @@ __global__ void __launch_bounds__(kThreads, kMT == 1 ? 3 : 2)
   }
   const float sl2 = a.scale_log2;
 
+  int buf = 0;
   while (tile < ntiles) {
     CpAsyncWaitAll();
-    __syncthreads();  // K[tile], positions (and Q) landed; every warp is done with V
-    issue_rows(v_s, p.cache.v, slot);
-    CpAsyncCommit();
-    const int next = NextTile(bitmap, words, tile + 1, ntiles);
-    // Block-table lookup of the next tile now; used after S is computed.
-    const int next_kv = next * kBN + ld_row;
-    const bool next_ok = next < ntiles && next_kv < n;
-    const int32_t next_block = next_ok ? __ldg(list + (next_kv >> log2b)) : 0;
-
-    // Warp-level visibility of this tile.
-    int pmin = INT_MAX, pmax = INT_MIN;
-#pragma unroll
-    for (int i = lane; i < kBN; i += 32) {
-      pmin = min(pmin, pos_s[i]);
-      pmax = max(pmax, pos_s[i]);
+    __syncthreads();  // tile's K, V, positions (and Q) landed; every warp is done with buf ^ 1
+    int after = ntiles;
+    if (next < ntiles) {
+      issue_tile(buf ^ 1, slot_from(next, next_block));
+      after = NextTile(bitmap, words, next + 1, ntiles);
+      next_block = block_of(after);
     }
-    pmin = __reduce_min_sync(kFullMask, pmin);
-    pmax = __reduce_max_sync(kFullMask, pmax);
-    const bool active = pmin <= wmax;
-    const bool need_mask = pmax > wmin;
+#pragma unroll 1
+    for (int sub = 0; sub < kBN / kSN; ++sub) {  // compute sub-tiles of kSN KVs
+      const int* pos_b = pos_s + buf * kBN + sub * kSN;
+      const uint32_t kb_s = k_s + buf * kKvBufBytes + sub * kSN * kRB;
+      const uint32_t vb_s = v_s + buf * kKvBufBytes + sub * kSN * kRB;
 
-    uint32_t pa[kMT][kBN / 16][4];
-    if (active) {
-      float sacc[kMT][kNT][4];
+      // Warp-level visibility of this sub-tile.
+      int pmin = INT_MAX, pmax = INT_MIN;
 #pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int j = 0; j < kNT; ++j)
-          sacc[mt][j][0] = sacc[mt][j][1] = sacc[mt][j][2] = sacc[mt][j][3] = 0.0f;
-#pragma unroll
-      for (int kk = 0; kk < D / 16; ++kk) {
-        uint32_t qa[kMT][4];
-#pragma unroll
-        for (int mt = 0; mt < kMT; ++mt) {
-          LdMatrixX4(qa[mt], q_s + q_row_off + mt * 16 * kRB + (((2 * kk + q_chunk_hi) ^ x7) << 4));
-        }
-#pragma unroll
-        for (int np = 0; np < kBN / 16; ++np) {
-          uint32_t kb[4];
-          LdMatrixX4(kb, k_s + k_row_off + np * 16 * kRB + (((2 * kk + k_chunk_hi) ^ x7) << 4));
-#pragma unroll
-          for (int mt = 0; mt < kMT; ++mt) {
-            Mma(sacc[mt][2 * np], qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3], kb[0], kb[1]);
-            Mma(sacc[mt][2 * np + 1], qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3], kb[2], kb[3]);
-          }
-        }
+      for (int i = lane; i < kSN; i += 32) {
+        pmin = min(pmin, pos_b[i]);
+        pmax = max(pmax, pos_b[i]);
       }
-      if (need_mask) {
+      pmin = __reduce_min_sync(kFullMask, pmin);
+      pmax = __reduce_max_sync(kFullMask, pmax);
+      if (pmin <= wmax) {  // warp-uniform: some query of the warp sees some KV of the tile
+        float sacc[kMT][kNT][4];
 #pragma unroll
-        for (int j = 0; j < kNT; ++j) {
-          const int2 pp = *reinterpret_cast<const int2*>(pos_s + j * 8 + 2 * t4);
-#pragma unroll
-          for (int mt = 0; mt < kMT; ++mt) {
-            if (pp.x > qpos[mt][0]) sacc[mt][j][0] = kNegInf;
-            if (pp.y > qpos[mt][0]) sacc[mt][j][1] = kNegInf;
-            if (pp.x > qpos[mt][1]) sacc[mt][j][2] = kNegInf;
-            if (pp.y > qpos[mt][1]) sacc[mt][j][3] = kNegInf;
-          }
-        }
-      }
-      // Online softmax (raw-logit running max; p = 2^(s * scale_log2 - m * scale_log2)).
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-          float mx = kNegInf;
+        for (int mt = 0; mt < kMT; ++mt)
 #pragma unroll
           for (int j = 0; j < kNT; ++j)
-            mx = fmaxf(mx, fmaxf(sacc[mt][j][2 * r], sacc[mt][j][2 * r + 1]));
-          mx = QuadMax(mx);
-          const float m_new = fmaxf(m_run[mt][r], mx);
-          const float neg = m_new == kNegInf ? 0.0f : -m_new * sl2;
-          const float alpha = FastExp2(fmaf(m_run[mt][r], sl2, neg));
-          m_run[mt][r] = m_new;
-          float sum = 0.0f;
+            sacc[mt][j][0] = sacc[mt][j][1] = sacc[mt][j][2] = sacc[mt][j][3] = 0.0f;
 #pragma unroll
-          for (int j = 0; j < kNT; ++j) {
-            sacc[mt][j][2 * r] = FastExp2(fmaf(sacc[mt][j][2 * r], sl2, neg));
-            sacc[mt][j][2 * r + 1] = FastExp2(fmaf(sacc[mt][j][2 * r + 1], sl2, neg));
-            sum += sacc[mt][j][2 * r] + sacc[mt][j][2 * r + 1];
-          }
-          l_run[mt][r] = l_run[mt][r] * alpha + sum;
-#pragma unroll
-          for (int j = 0; j < kDT; ++j) {
-            o[mt][j][2 * r] *= alpha;
-            o[mt][j][2 * r + 1] *= alpha;
-          }
-        }
-#pragma unroll
-      for (int mt = 0; mt < kMT; ++mt)
-#pragma unroll
-        for (int kk = 0; kk < kBN / 16; ++kk) {
-          pa[mt][kk][0] = PackBf16x2(sacc[mt][2 * kk][0], sacc[mt][2 * kk][1]);
-          pa[mt][kk][1] = PackBf16x2(sacc[mt][2 * kk][2], sacc[mt][2 * kk][3]);
-          pa[mt][kk][2] = PackBf16x2(sacc[mt][2 * kk + 1][0], sacc[mt][2 * kk + 1][1]);
-          pa[mt][kk][3] = PackBf16x2(sacc[mt][2 * kk + 1][2], sacc[mt][2 * kk + 1][3]);
-        }
-    }
-
-    CpAsyncWaitAll();
-    __syncthreads();  // V[tile] landed; every warp is done with K and the positions
-    int64_t next_slot = -1;
-    if (next < ntiles) {
-      next_slot = next_ok ? (static_cast<int64_t>(next_block) << log2b) | (next_kv & bmask) : -1;
-      issue_rows(k_s, p.cache.k, next_slot);
-      if (ld_part == 0) {
-        if (next_slot >= 0) {
-          CpAsync4(pos_sa + ld_row * 4, p.cache.positions + next_slot);
-        } else {
-          pos_s[ld_row] = INT_MAX;
-        }
-      }
-      CpAsyncCommit();
-    }
-
-    if (active) {
-#pragma unroll
-      for (int kk = 0; kk < kBN / 16; ++kk)
-#pragma unroll
-        for (int dp = 0; dp < D / 16; ++dp) {
-          uint32_t vb[4];
-          LdMatrixX4Trans(vb,
-                          v_s + v_row_off + kk * 16 * kRB + (((2 * dp + v_chunk_hi) ^ x7) << 4));
+        for (int kk = 0; kk < D / 16; ++kk) {
+          uint32_t qa[kMT][4];
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
-            Mma(o[mt][2 * dp], pa[mt][kk][0], pa[mt][kk][1], pa[mt][kk][2], pa[mt][kk][3], vb[0],
-                vb[1]);
-            Mma(o[mt][2 * dp + 1], pa[mt][kk][0], pa[mt][kk][1], pa[mt][kk][2], pa[mt][kk][3],
-                vb[2], vb[3]);
+            LdMatrixX4(qa[mt],
+                       q_s + q_row_off + mt * 16 * kRB + (((2 * kk + q_chunk_hi) ^ x7) << 4));
+          }
+#pragma unroll
+          for (int np = 0; np < kSN / 16; ++np) {
+            uint32_t kb[4];
+            LdMatrixX4(kb, kb_s + k_row_off + np * 16 * kRB + (((2 * kk + k_chunk_hi) ^ x7) << 4));
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) {
+              Mma(sacc[mt][2 * np], qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3], kb[0], kb[1]);
+              Mma(sacc[mt][2 * np + 1], qa[mt][0], qa[mt][1], qa[mt][2], qa[mt][3], kb[2], kb[3]);
+            }
           }
         }
+        if (pmax > wmin) {  // some KV is newer than some query of the warp (or past the end)
+#pragma unroll
+          for (int j = 0; j < kNT; ++j) {
+            const int2 pp = *reinterpret_cast<const int2*>(pos_b + j * 8 + 2 * t4);
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) {
+              if (pp.x > qpos[mt][0]) sacc[mt][j][0] = kNegInf;
+              if (pp.y > qpos[mt][0]) sacc[mt][j][1] = kNegInf;
+              if (pp.x > qpos[mt][1]) sacc[mt][j][2] = kNegInf;
+              if (pp.y > qpos[mt][1]) sacc[mt][j][3] = kNegInf;
+            }
+          }
+        }
+        // Online softmax (raw-logit running max; p = 2^(s * scale_log2 - m * scale_log2)).
+        float alpha[kMT][2];
+        bool rescale = false;
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            float mx = kNegInf;
+#pragma unroll
+            for (int j = 0; j < kNT; ++j) {
+              mx = fmaxf(mx, fmaxf(sacc[mt][j][2 * r], sacc[mt][j][2 * r + 1]));
+            }
+            mx = QuadMax(mx);
+            const float m_new = fmaxf(m_run[mt][r], mx);
+            const float neg = m_new == kNegInf ? 0.0f : -m_new * sl2;
+            alpha[mt][r] = FastExp2(fmaf(m_run[mt][r], sl2, neg));
+            rescale |= m_new != m_run[mt][r];
+            m_run[mt][r] = m_new;
+            float sum = 0.0f;
+#pragma unroll
+            for (int j = 0; j < kNT; ++j) {
+              sacc[mt][j][2 * r] = FastExp2(fmaf(sacc[mt][j][2 * r], sl2, neg));
+              sacc[mt][j][2 * r + 1] = FastExp2(fmaf(sacc[mt][j][2 * r + 1], sl2, neg));
+              sum += sacc[mt][j][2 * r] + sacc[mt][j][2 * r + 1];
+            }
+            l_run[mt][r] = l_run[mt][r] * alpha[mt][r] + sum;
+          }
+        if (__any_sync(kFullMask, rescale)) {  // the running max moved for some row of the warp
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt)
+#pragma unroll
+            for (int j = 0; j < kDT; ++j) {
+              o[mt][j][0] *= alpha[mt][0];
+              o[mt][j][1] *= alpha[mt][0];
+              o[mt][j][2] *= alpha[mt][1];
+              o[mt][j][3] *= alpha[mt][1];
+            }
+        }
+        // O += P V: P from the S accumulators (A operand), V via ldmatrix.trans.
+#pragma unroll
+        for (int kk = 0; kk < kSN / 16; ++kk) {
+          uint32_t pa[kMT][4];
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            pa[mt][0] = PackBf16x2(sacc[mt][2 * kk][0], sacc[mt][2 * kk][1]);
+            pa[mt][1] = PackBf16x2(sacc[mt][2 * kk][2], sacc[mt][2 * kk][3]);
+            pa[mt][2] = PackBf16x2(sacc[mt][2 * kk + 1][0], sacc[mt][2 * kk + 1][1]);
+            pa[mt][3] = PackBf16x2(sacc[mt][2 * kk + 1][2], sacc[mt][2 * kk + 1][3]);
+          }
+#pragma unroll
+          for (int dp = 0; dp < D / 16; ++dp) {
+            uint32_t vb[4];
+            LdMatrixX4Trans(vb,
+                            vb_s + v_row_off + kk * 16 * kRB + (((2 * dp + v_chunk_hi) ^ x7) << 4));
+#pragma unroll
+            for (int mt = 0; mt < kMT; ++mt) {
+              Mma(o[mt][2 * dp], pa[mt][0], pa[mt][1], pa[mt][2], pa[mt][3], vb[0], vb[1]);
+              Mma(o[mt][2 * dp + 1], pa[mt][0], pa[mt][1], pa[mt][2], pa[mt][3], vb[2], vb[3]);
+            }
+          }
+        }
+      }
     }
     tile = next;
-    slot = next_slot;
+    next = after;
+    buf ^= 1;
   }
 
   // ---- Epilogue: O / l -> this warp's own Q rows in shared memory -> 16-byte global stores -----
@@ -482,7 +500,7 @@ __global__ void __launch_bounds__(kThreads, kMT == 1 ? 3 : 2)
   }
 }
 
-template <int D, int kMT, int kBN>
+template <int D, int kMT, int kBN, int kSN>
 cudaError_t Launch(const PrefillArgs& a, int heads, cudaStream_t stream) {
   using C = Cfg<D, kMT, kBN>;
   const int tiles = CeilDiv(a.p.max_q_len << a.log2g, C::kBM);
@@ -490,7 +508,7 @@ cudaError_t Launch(const PrefillArgs& a, int heads, cudaStream_t stream) {
   PrefillArgs args = a;
   args.bitmap_words = min(CeilDiv(ntiles_max, 32), kMaxBitmapWords);
   const int smem = C::kBitmapOff + 4 * max(args.bitmap_words, 1);
-  auto kernel = PrefillKernel<D, kMT, kBN>;
+  auto kernel = PrefillKernel<D, kMT, kBN, kSN>;
   // Raise the dynamic shared-memory limit once, to the largest size this instance can ask for.
   static const cudaError_t attr = cudaFuncSetAttribute(
       kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, C::kBitmapOff + 4 * kMaxBitmapWords);
@@ -499,14 +517,14 @@ cudaError_t Launch(const PrefillArgs& a, int heads, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// Benchmark-only variant switch (KVC_PREFILL_VARIANT = m1n64 | m2n64 | m1n32; default m2n32).
+// Benchmark-only variant switch (KVC_PREFILL_VARIANT = m2n64s32 | m2n64 | m1n64; default m2n32).
 int Variant() {
   static const int v = [] {
     const char* e = std::getenv("KVC_PREFILL_VARIANT");
     if (e == nullptr) return 0;
-    if (!std::strcmp(e, "m1n64")) return 1;
+    if (!std::strcmp(e, "m2n64s32")) return 1;
     if (!std::strcmp(e, "m2n64")) return 2;
-    if (!std::strcmp(e, "m1n32")) return 3;
+    if (!std::strcmp(e, "m1n64")) return 3;
     return 0;
   }();
   return v;
@@ -530,13 +548,13 @@ cudaError_t LaunchPrefillAttention(const PrefillAttentionParams& p, cudaStream_t
   a.out_stride = p.out_stride ? p.out_stride : static_cast<int64_t>(p.num_q_heads) * kHeadDim;
   switch (Variant()) {
     case 1:
-      return Launch<kHeadDim, 1, 64>(a, heads, stream);
+      return Launch<kHeadDim, 2, 64, 32>(a, heads, stream);
     case 2:
-      return Launch<kHeadDim, 2, 64>(a, heads, stream);
+      return Launch<kHeadDim, 2, 64, 64>(a, heads, stream);
     case 3:
-      return Launch<kHeadDim, 1, 32>(a, heads, stream);
+      return Launch<kHeadDim, 1, 64, 64>(a, heads, stream);
     default:
-      return Launch<kHeadDim, 2, 32>(a, heads, stream);
+      return Launch<kHeadDim, 2, 32, 32>(a, heads, stream);
   }
 }
 

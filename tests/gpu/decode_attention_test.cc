@@ -1,8 +1,12 @@
 // DecodeAttention (paged, per-head block tables, GQA, split-K, decode scores) against
 // cpu::PagedAttention + naive LSE/score references. Every (head_dim, block_size, group) of the
 // closed set; ragged per-head lengths (1, b-1, b, b+1, 2b±1, ..., a long head for split-K, an
-// empty head); shuffled block ids with spare blocks/table entries; three split modes (planned,
-// single CTA per head, 16-KV chunks) that must all agree with the reference.
+// empty head); shuffled block ids with spare blocks/table entries; four split modes (planned,
+// single CTA per head = the split kernel's fused score pass, 16-KV chunks, two chunks = fewer
+// splits than query heads in the combine+score kernel) that must all agree with the reference,
+// each with decode scores off, on, and on with a scores array that is not 16-byte aligned (the
+// scalar read-modify-write path).
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -30,7 +34,7 @@ std::string CaseName(const ::testing::TestParamInfo<DecodeCase>& info) {
          "_g" + std::to_string(info.param.group);
 }
 
-enum class SplitMode { kPlanned, kSingle, kTiny };
+enum class SplitMode { kPlanned, kSingle, kTiny, kTwo };
 
 class DecodeAttentionTest : public ::testing::TestWithParam<DecodeCase> {};
 
@@ -88,15 +92,22 @@ TEST_P(DecodeAttentionTest, MatchesReferenceAllSplitModes) {
   const std::vector<double> score_ref = DecodeScoreDelta(f, fpool, Hq, q_dense, scale);
 
   const int32_t max_n = f.MaxNumKvs();
-  for (SplitMode mode : {SplitMode::kPlanned, SplitMode::kSingle, SplitMode::kTiny}) {
-    for (bool scores : {true, false}) {
+  for (SplitMode mode :
+       {SplitMode::kPlanned, SplitMode::kSingle, SplitMode::kTiny, SplitMode::kTwo}) {
+    for (int variant : {0, 1, 2}) {  // scores on; off; on with a misaligned scores array
+      const bool scores = variant != 1;
+      const bool misaligned = variant == 2;
       SCOPED_TRACE(std::string("mode ") + std::to_string(static_cast<int>(mode)) +
-                   (scores ? " with scores" : " without scores"));
+                   (scores ? " with scores" : " without scores") +
+                   (misaligned ? " (misaligned)" : ""));
       kernels::DecodeAttentionPlan plan;
       if (mode == SplitMode::kPlanned) {
         plan = kernels::MakeDecodeAttentionPlan(S, H, Hq, d, max_n, 132, scores);
       } else {
-        plan.chunk_size = mode == SplitMode::kSingle ? (max_n + 15) / 16 * 16 : 16;
+        const int32_t full = (max_n + 15) / 16 * 16;
+        plan.chunk_size = mode == SplitMode::kSingle ? full
+                          : mode == SplitMode::kTwo  ? (max_n + 31) / 32 * 16
+                                                     : 16;
         plan.num_splits = (max_n + plan.chunk_size - 1) / plan.chunk_size;
         plan.workspace_bytes = kernels::DecodeAttentionWorkspaceBytes(S, H, Hq, d, plan.num_splits,
                                                                       plan.chunk_size, scores);
@@ -104,7 +115,17 @@ TEST_P(DecodeAttentionTest, MatchesReferenceAllSplitModes) {
       if (mode == SplitMode::kPlanned) {
         EXPECT_GT(plan.num_splits, 1);
       }
+      if (mode == SplitMode::kSingle) {
+        EXPECT_EQ(plan.num_splits, 1);
+      }
+      if (mode == SplitMode::kTwo) {
+        EXPECT_EQ(plan.num_splits, 2);
+      }
       f.d_scores.Upload(f.scores);
+      // Misaligned: the pool's scores start one float into a buffer (4 mod 16 bytes).
+      std::vector<float> shifted(f.scores.size() + 1, 0.0f);
+      std::copy(f.scores.begin(), f.scores.end(), shifted.begin() + 1);
+      DeviceBuffer<float> d_shifted(misaligned ? shifted : std::vector<float>());
       DeviceBuffer<Bf16> d_out(static_cast<size_t>(S) * Hq * d);
       DeviceBuffer<float> d_lse(static_cast<size_t>(S) * Hq);
       DeviceBuffer<char> d_ws(static_cast<size_t>(plan.workspace_bytes));
@@ -114,6 +135,7 @@ TEST_P(DecodeAttentionTest, MatchesReferenceAllSplitModes) {
 
       kernels::DecodeAttentionParams p;
       p.cache = f.Cache();
+      if (misaligned) p.cache.scores = d_shifted.get() + 1;
       p.tables = f.Tables();
       p.num_q_heads = Hq;
       p.scale = scale;
@@ -158,9 +180,15 @@ TEST_P(DecodeAttentionTest, MatchesReferenceAllSplitModes) {
               << "row " << row;
         }
       }
-      const std::vector<float> sc = f.d_scores.Download();
+      std::vector<float> sc = f.d_scores.Download();
       ErrorAccumulator se;
       int64_t changed_outside = 0;
+      if (misaligned) {
+        EXPECT_EQ(sc, f.scores) << "the pool's own scores changed";
+        sc = d_shifted.Download();
+        EXPECT_EQ(sc[0], 0.0f) << "wrote before the scores array";
+        sc.erase(sc.begin());
+      }
       for (size_t i = 0; i < sc.size(); ++i) {
         const double got = static_cast<double>(sc[i]) - f.scores[i];
         const double want = scores ? score_ref[i] : 0.0;
@@ -174,8 +202,8 @@ TEST_P(DecodeAttentionTest, MatchesReferenceAllSplitModes) {
       std::printf(
           "[decode d%d b%d g%d mode %d scores %d splits %d] out %s | worst row rel %.3g | "
           "scores %s\n",
-          d, b, c.group, static_cast<int>(mode), scores, plan.num_splits, all.Stats().Str().c_str(),
-          worst_row, scores ? se.Stats().Str().c_str() : "-");
+          d, b, c.group, static_cast<int>(mode), variant, plan.num_splits,
+          all.Stats().Str().c_str(), worst_row, scores ? se.Stats().Str().c_str() : "-");
     }
   }
 }
@@ -184,7 +212,7 @@ std::vector<DecodeCase> AllCases() {
   std::vector<DecodeCase> cases;
   for (int d : {64, 128})
     for (int b : {8, 16, 32})
-      for (int g : {1, 4, 8}) {
+      for (int g : {1, 2, 4, 8}) {
         if (SmallCases() && b != 16) continue;
         cases.push_back({d, b, g});
       }
