@@ -115,7 +115,8 @@ class CudaExecutor : public Executor {
 
   // Decode-only steps replay captured CUDA graphs (default on; env KVC_CUDA_GRAPHS=0 turns
   // them off at Create). Tests and benchmarks compare both paths. Likewise KVC_TABLE_MIRROR=0
-  // (whole tables uploaded every Forward), KVC_DEVICE_SAMPLING=0 and KVC_DEVICE_EVICTION=0.
+  // (whole tables uploaded every Forward), KVC_DEVICE_SAMPLING=0, KVC_DEVICE_EVICTION=0 and
+  // KVC_GEMM_TUNE=0 (cuBLASLt's first heuristic for every GEMM, no timing of candidates).
   void set_use_cuda_graphs(bool on);
   // Counters for tests and benchmarks.
   struct Stats {
