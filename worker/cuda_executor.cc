@@ -4,6 +4,7 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -462,6 +463,7 @@ struct WindowRun {
 absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out) {
   if (out == nullptr) return absl::InvalidArgumentError("Forward: out is null");
   State& s = *s_;
+  const auto t_entry = std::chrono::steady_clock::now();
   // Block ids are range-checked here only when the mirror is off; with the mirror, UpdateMirror
   // checks exactly the entries it uploads (the rest were checked when they were uploaded).
   RETURN_IF_ERROR(ValidateForwardBatch(batch, s.config, s.layout,
@@ -882,6 +884,9 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
   };
 
   std::vector<int64_t> captured_key;  // set when this step captured a new graph
+  const auto t_launch = std::chrono::steady_clock::now();
+  s.host_prep_ns +=
+      std::chrono::duration_cast<std::chrono::nanoseconds>(t_launch - t_entry).count();
   if (graph_step) {
     // The key: everything the captured launches depend on besides device-array contents.
     std::vector<int64_t> key = {S,
@@ -946,7 +951,11 @@ absl::Status CudaExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out
                              "logits download");
   }
   RETURN_IF_ERROR(s.DownloadSampledTokens());
+  const auto t_sync = std::chrono::steady_clock::now();
   KVC_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "Forward");
+  s.sync_wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                        std::chrono::steady_clock::now() - t_sync)
+                        .count();
   if (want_logits) std::memcpy(out->logits.data(), s.logits_host.as<float>(), logits_bytes);
   RETURN_IF_ERROR(s.FinishSampledTokens(batch, out_rows_of_seq, out));
   if (!s.gemm_tune_pending.empty()) {
@@ -1124,6 +1133,8 @@ CudaExecutor::Stats CudaExecutor::stats() const {
   st.graph_captures = s_->graph_captures;
   st.graph_launches = s_->graph_launches;
   st.gemms_tuned = s_->gemms_tuned;
+  st.host_prep_ns = s_->host_prep_ns;
+  st.sync_wait_ns = s_->sync_wait_ns;
   st.gemms_tuned_off_first = s_->gemms_retuned_better;
   st.mirror_entries_uploaded = s_->mirror_entries_uploaded;
   st.full_table_uploads = s_->full_table_uploads;

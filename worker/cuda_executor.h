@@ -127,6 +127,8 @@ class CudaExecutor : public Executor {
     int64_t full_table_uploads = 0;       // Forward calls that uploaded whole tables instead
     int64_t gemms_tuned = 0;              // decode-sized GEMM plans timed over their candidates
     int64_t gemms_tuned_off_first = 0;    // ... whose fastest was not cuBLASLt's first heuristic
+    int64_t host_prep_ns = 0;  // Forward's host time before its first launch (GPU idle meanwhile)
+    int64_t sync_wait_ns = 0;  // Forward's wait for the device after its launches
   };
   Stats stats() const;
   // Caps the block-table mirror's device arena (default 1 GiB); beyond it Forward uploads whole

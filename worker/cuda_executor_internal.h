@@ -344,6 +344,7 @@ struct CudaExecutor::State {
   std::vector<GemmPlan*> gemm_tune_pending;
   DevBuf tune_out;
   int64_t gemms_tuned = 0, gemms_retuned_better = 0;
+  int64_t host_prep_ns = 0, sync_wait_ns = 0;  // Forward: before the first launch / in the sync
   absl::Status TuneGemms();
 
   struct Layer {

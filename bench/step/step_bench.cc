@@ -453,6 +453,7 @@ absl::StatusOr<DeviceRates> MeasureDevice(int iters) {
 struct StepTiming {
   double median_ms = 0;
   double min_ms = 0;
+  double host_prep_ms = 0;  // mean host time inside Forward before its first launch (GPU idle)
 };
 
 class StepBench {
@@ -551,8 +552,10 @@ class StepBench {
       RETURN_IF_ERROR(exec_->Forward(b, &out_));
       ms.push_back(MsSince(t0));
     }
-    *path = PathOf(before, exec_->stats());
+    const CudaExecutor::Stats after = exec_->stats();
+    *path = PathOf(before, after);
     StepTiming t;
+    t.host_prep_ms = (after.host_prep_ns - before.host_prep_ns) / 1e6 / std::max(iters, 1);
     t.median_ms = Median(ms);
     t.min_ms = *std::min_element(ms.begin(), ms.end());
     return t;
@@ -688,12 +691,15 @@ absl::Status StepBench::RunDecode() {
       "Floor = (weight bytes %.2f GB + KV bytes) / copy bandwidth %.0f GB/s. Step = wall clock of "
       "Forward() (one token per sequence), median of %d after 2 warm-ups. validate = replay of "
       "ValidateForwardBatch (host, walks every block id); logits = replay of the logits "
-      "download (0 when the executor samples); path: graph = CUDA graph replay.\n\n",
+      "download (0 when the executor samples); prep = host time inside Forward before its first "
+      "launch (validation, batch layout, block-table mirror update: the GPU waits), mean of the "
+      "timed steps; path: graph = CUDA graph replay.\n\n",
       c_.name.c_str(), c_.num_hidden_layers, c_.num_attention_heads, c_.num_key_value_heads,
       c_.head_dim, o_.block_size, mb_.decode_read_bytes / 1e9, rates_.copy_gbs, o_.iters);
   std::printf(
       "| batch | context | KV GB | step ms | floor ms | step/floor | achieved GB/s | %% of copy | "
-      "validate ms | logits ms | path |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+      "validate ms | logits ms | prep ms | path "
+      "|\n|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   struct Cell {
     int32_t batch, context;
     bool fits;
@@ -714,15 +720,18 @@ absl::Status StepBench::RunDecode() {
                             {"floor_ms", floor_ms},
                             {"fits", p.fits}};
       if (!p.fits) {
-        std::printf("| %d | %d | %.1f | does not fit (%.1f GiB KV pool) | | | | | | | |\n", batch,
+        std::printf("| %d | %d | %.1f | does not fit (%.1f GiB KV pool) | | | | | | | | |\n", batch,
                     context, p.kv_bytes / 1e9, pool_gib_);
         cells.push_back({batch, context, false, 0});
       } else {
         const double ratio = p.t.median_ms / floor_ms;
         const double gbs = bytes / (p.t.median_ms * 1e-3) / 1e9;
-        std::printf("| %d | %d | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.2f | %s |\n",
-                    batch, context, p.kv_bytes / 1e9, p.t.median_ms, floor_ms, ratio, gbs,
-                    100.0 * gbs / rates_.copy_gbs, p.host_ms, p.logits_ms, p.path.c_str());
+        std::printf(
+            "| %d | %d | %.2f | %.2f | %.2f | %.2f | %.0f | %.0f%% | %.2f | %.2f | %.2f | %s |\n",
+            batch, context, p.kv_bytes / 1e9, p.t.median_ms, floor_ms, ratio, gbs,
+            100.0 * gbs / rates_.copy_gbs, p.host_ms, p.logits_ms, p.t.host_prep_ms,
+            p.path.c_str());
+        row["host_prep_ms"] = p.t.host_prep_ms;
         row["step_ms"] = p.t.median_ms;
         row["step_min_ms"] = p.t.min_ms;
         row["ratio_to_floor"] = ratio;
