@@ -16,8 +16,9 @@
 //      query heads from the partials' (max, sum) and adds the decode scores of chunk y.
 //
 // Decode scores: scores[slot] += sum_g exp2(2 (logit_g - lse2_g)), from the scaled log2 logits
-// that kernel 1 stores to the workspace ([head][split][g][chunk], one float2 per lane and
-// n-tile) and the final log2 LSE. Each slot belongs to exactly one CTA: no atomics, no clear.
+// that kernel 1 stores to the workspace ([head][split][g][chunk]) and the final log2 LSE.
+// Each slot belongs to exactly one CTA: no atomics, no clear. (Per-lane float2 logit stores
+// were tried: they raised the split kernel to 184 registers, 2 CTAs per SM.)
 #include "kernels/cuda/common.cuh"
 #include "kernels/cuda/launch.h"
 
@@ -70,37 +71,39 @@ __device__ __forceinline__ void WriteFinal(const DecodeArgs& a, int sh, int g, i
 // i in [c0, c1) of one head (c0 a multiple of 16; lse2 in shared memory). The whole CTA calls
 // it. Thread x takes the quads 4 (x + k * kThreads) + {0..3}; a quad lies in one page (block
 // size >= 8), so it costs one float4 per query head, one page lookup and one float4
-// read-modify-write of scores. Two quads per iteration, all their loads issued before any
-// math. The < 4 KVs after the last full quad go one per thread (the logits past c1 were never
-// written and are never read).
-template <int kU>
-__device__ __forceinline__ void AccumulateChunkScores(const DecodeArgs& a, const int32_t* list,
-                                                      const float* logits, int c0, int c1,
-                                                      const float* lse2) {
-  const int G = a.group;
+// read-modify-write of scores. kQ quads per iteration, all their loads issued before any math
+// (the latency of the dependent page lookup -> scores load is what bounds this loop). The < 4
+// KVs after the last full quad go one per thread (the logits past c1 were never written and
+// are never read).
+// kG: the group size, or an upper bound of the runtime group size G (query heads g >= G are
+// skipped).
+template <int kG, int kQ>
+__device__ __forceinline__ void ScoreQuads(const DecodeArgs& a, const int32_t* list,
+                                           const float* logits, int c0, int c1, const float* lse2,
+                                           int G) {
   const int chunk = a.p.chunk_size;
   float* const scores = a.p.cache.scores;
-  float l2[kMaxGroup];
+  float l2[kG];
 #pragma unroll
-  for (int g = 0; g < kMaxGroup; ++g) l2[g] = g < G ? lse2[g] : 0.0f;
+  for (int g = 0; g < kG; ++g) l2[g] = g < G ? lse2[g] : 0.0f;
   const int quads = (c1 - c0) >> 2;
-  for (int q0 = threadIdx.x; q0 < quads; q0 += kU * kThreads) {
-    float4 x[kU][kMaxGroup];
-    float4 sc[kU];
-    int64_t slot[kU];
+  for (int q0 = threadIdx.x; q0 < quads; q0 += kQ * kThreads) {
+    float4 x[kQ][kG];
+    float4 sc[kQ];
+    int64_t slot[kQ];
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
+    for (int u = 0; u < kQ; ++u) {
       const int q = q0 + u * kThreads;
       slot[u] = q < quads ? PhysSlot(list, c0 + 4 * q, a.log2b) : -1;
 #pragma unroll
-      for (int g = 0; g < kMaxGroup; ++g) {
+      for (int g = 0; g < kG; ++g) {
         x[u][g] = g < G && q < quads ? *reinterpret_cast<const float4*>(logits + g * chunk + 4 * q)
                                      : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       }
     }
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
-      float* const sp = scores + slot[u];
+    for (int u = 0; u < kQ; ++u) {
+      const float* sp = scores + max(slot[u], int64_t{0});
       if (slot[u] < 0) {
         sc[u] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       } else if (a.vec_scores) {
@@ -110,12 +113,11 @@ __device__ __forceinline__ void AccumulateChunkScores(const DecodeArgs& a, const
       }
     }
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
+    for (int u = 0; u < kQ; ++u) {
       if (slot[u] < 0) continue;
-      float4 r = sc[u];
       float4 sum = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-      for (int g = 0; g < kMaxGroup; ++g) {
+      for (int g = 0; g < kG; ++g) {
         if (g < G) {
           sum.x += exp2f(2.0f * (x[u][g].x - l2[g]));
           sum.y += exp2f(2.0f * (x[u][g].y - l2[g]));
@@ -123,10 +125,8 @@ __device__ __forceinline__ void AccumulateChunkScores(const DecodeArgs& a, const
           sum.w += exp2f(2.0f * (x[u][g].w - l2[g]));
         }
       }
-      r.x += sum.x;
-      r.y += sum.y;
-      r.z += sum.z;
-      r.w += sum.w;
+      const float4 r =
+          make_float4(sc[u].x + sum.x, sc[u].y + sum.y, sc[u].z + sum.z, sc[u].w + sum.w);
       float* const sp = scores + slot[u];
       if (a.vec_scores) {
         *reinterpret_cast<float4*>(sp) = r;
@@ -142,10 +142,32 @@ __device__ __forceinline__ void AccumulateChunkScores(const DecodeArgs& a, const
   if (threadIdx.x < 4 && i < c1) {
     float sum = 0.0f;
 #pragma unroll
-    for (int g = 0; g < kMaxGroup; ++g) {
+    for (int g = 0; g < kG; ++g) {
       if (g < G) sum += exp2f(2.0f * (logits[g * chunk + (i - c0)] - l2[g]));
     }
     scores[PhysSlot(list, i, a.log2b)] += sum;
+  }
+}
+
+// ScoreQuads for the group size (1, 2, 4 or 8: validated), with kQ1 / kQ2 / kQ4 / kQ8 quads
+// in flight per thread (a quad holds 4G + 6 registers: logits, scores, slot).
+template <int kQ1, int kQ2, int kQ4, int kQ8>
+__device__ __forceinline__ void AccumulateChunkScores(const DecodeArgs& a, const int32_t* list,
+                                                      const float* logits, int c0, int c1,
+                                                      const float* lse2) {
+  switch (a.group) {
+    case 1:
+      ScoreQuads<1, kQ1>(a, list, logits, c0, c1, lse2, 1);
+      break;
+    case 2:
+      ScoreQuads<2, kQ2>(a, list, logits, c0, c1, lse2, 2);
+      break;
+    case 4:
+      ScoreQuads<4, kQ4>(a, list, logits, c0, c1, lse2, 4);
+      break;
+    default:
+      ScoreQuads<8, kQ8>(a, list, logits, c0, c1, lse2, 8);
+      break;
   }
 }
 
@@ -153,9 +175,6 @@ template <int D>
 __global__ void __launch_bounds__(kThreads)
     DecodeSplitKernel(const __grid_constant__ DecodeArgs a) {
   constexpr int kJ = D / 32;  // 16-byte chunks per lane per row
-  // Quads in flight per thread in the fused score pass: 2 stays within the main loop's register
-  // budget at head_dim 128 (163 <= 168 registers: 3 CTAs per SM), 1 at 64 (76 <= 80: 6).
-  constexpr int kScoreUnroll = D >= 128 ? 2 : 1;
   const DecodeAttentionParams& p = a.p;
   const int sh = blockIdx.x;
   const int split = blockIdx.y;
@@ -313,7 +332,16 @@ __global__ void __launch_bounds__(kThreads)
   // the barrier) and are still in L2. (CTA-uniform condition.)
   if (p.num_splits == 1 && p.accumulate_scores && n > 0) {
     __syncthreads();
-    AccumulateChunkScores<kScoreUnroll>(a, list, head_logits, 0, n, s_lse2);
+    // Quads in flight per thread: as many as fit the register budget of 3 CTAs per SM at
+    // head_dim 128 (<= 168; the kernel is at 163 — note: ptxas then also schedules the main loop
+    // with more registers than the 139 it used without this pass, which measured 1.05-1.5x
+    // faster with or without scores on an H100: keep an eye on the count when editing) and of
+    // 6 CTAs per SM at 64 (<= 80: one quad, 76 registers).
+    if constexpr (D >= 128) {
+      AccumulateChunkScores<8, 4, 4, 2>(a, list, head_logits, 0, n, s_lse2);
+    } else {
+      ScoreQuads<kMaxGroup, 1>(a, list, head_logits, 0, n, s_lse2, G);
+    }
   }
 }
 
@@ -428,8 +456,9 @@ __global__ void __launch_bounds__(kThreads)
   }
   __syncthreads();
   const int32_t* list = p.tables.block_ids + __ldg(p.tables.table_offsets + sh);
-  AccumulateChunkScores<2>(a, list, a.logits + (row0 + static_cast<int64_t>(y) * G) * p.chunk_size,
-                           c0, min(n, c0 + p.chunk_size), s_lse2);
+  AccumulateChunkScores<8, 4, 4, 2>(a, list,
+                                    a.logits + (row0 + static_cast<int64_t>(y) * G) * p.chunk_size,
+                                    c0, min(n, c0 + p.chunk_size), s_lse2);
 }
 
 }  // namespace

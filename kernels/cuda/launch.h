@@ -15,7 +15,7 @@
 namespace kvc::kernels::internal {
 
 // Workspace layout of decode attention (all fp32, each region 256-byte aligned):
-//   lse2    [S*H*G]                        final log2-domain LSE (for the score pass)
+//   lse2    [S*H*G]                        unused (the score passes derive the LSE in-kernel)
 //   part_o  [S*H*splits*G*head_dim]        per-split normalised partial outputs (splits > 1)
 //   part_ml [S*H*splits*G*2]               per-split (max, sum), log2 domain   (splits > 1)
 //   logits  [S*H*splits*G*chunk]           scaled log2 logits                   (scores)
