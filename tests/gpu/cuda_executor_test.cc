@@ -61,6 +61,18 @@ constexpr double kLogitTol = 2e-2;
 constexpr double kLongLogitTol = 4e-2;
 constexpr size_t kLongPrompt = 256;
 double LogitTol(size_t tokens) { return tokens > kLongPrompt ? kLongLogitTol : kLogitTol; }
+// Engine test, free-running greedy decode: step k's logits sit on k decoded tokens whose K/V the
+// CUDA engine stored in bf16 (the fixture tests are teacher-forced over one prompt). Measured on
+// the H100 with kvc-ref: the bf16-vs-fp32 drift grows with k and reaches 2.0e-2 by step 20 and
+// 2.5e-2 by step 63 when both engines keep identical tokens for all 64 steps (before the FA2
+// prefill kernel they flipped at a near-tie by step 12-18, so later steps were never compared).
+// Steps from kDriftStep on get kDriftLogitTol; a real kernel error is far larger (> 1e-1).
+constexpr size_t kDriftStep = 16;
+constexpr double kDriftLogitTol = 3e-2;
+double EngineStepTol(size_t prompt_tokens, size_t step) {
+  const double base = LogitTol(prompt_tokens + step);
+  return step >= kDriftStep ? std::max(base, kDriftLogitTol) : base;
+}
 // Scores: normwise relative error per (sequence, layer, head). Layer 0's q and k come from the
 // (bf16-exact) embeddings through one RMSNorm and one GEMM on both backends, so its scores test
 // the score kernels themselves: <= kScoreTol. Deeper layers' q/k inherit the activation
@@ -688,7 +700,8 @@ TEST_P(CudaEngineTest, GreedyTokensMatchTheCpuEngine) {
       const double e = RelError(grow[k].logits.data(), crow[k].logits.data(), vocab);
       worst = std::max(worst, e);
       ++checked;
-      EXPECT_LE(e, LogitTol(prompts[i].size())) << mode << " request " << i << " step " << k;
+      EXPECT_LE(e, EngineStepTol(prompts[i].size(), k))
+          << mode << " request " << i << " step " << k;
     }
     std::printf(
         "[ engine %s ] request %zu (%zu prompt tokens): %zu/64 tokens equal; logits "
