@@ -65,17 +65,7 @@ absl::StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::Create(
                                                      num_blocks, " blocks of ", block_size,
                                                      " KVs, head_dim ", c.head_dim, ")"));
   }
-  cpu::RopeFrequencyParams rp;
-  rp.head_dim = c.head_dim;
-  rp.theta = c.rope_theta;
-  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
-    rp.llama3 = true;
-    rp.factor = c.rope_scaling.factor;
-    rp.low_freq_factor = c.rope_scaling.low_freq_factor;
-    rp.high_freq_factor = c.rope_scaling.high_freq_factor;
-    rp.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
-  }
-  e->inv_freq_ = cpu::RopeInvFreq(rp);
+  e->inv_freq_ = RopeInvFreqFor(c, c.head_dim);
   e->slot_reader_ = FlatKvSlotReader(e->scores_, e->positions_, block_size);
   return e;
 }
@@ -129,7 +119,6 @@ absl::Status CpuExecutor::MoveKv(int32_t src_block, int32_t src_offset, int32_t 
   positions_[dst] = positions_[src];
   return absl::OkStatus();
 }
-
 
 absl::Status CpuExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out) {
   if (out == nullptr) return absl::InvalidArgumentError("Forward: out is null");

@@ -3,7 +3,7 @@ kvc_cc_library(
   NAME kvc_executor
   SRCS executor.cc
   HDRS executor.h
-  DEPS kvc_common kvc_model kvc_kvmanager kvc_sampling_cpu absl::status absl::statusor absl::strings)
+  DEPS kvc_common kvc_model kvc_kvmanager kvc_kernels_cpu kvc_sampling_cpu absl::status absl::statusor absl::strings)
 # kvc_cpu_executor: the fp32 CPU backend of Executor (reference implementation).
 kvc_cc_library(
   NAME kvc_cpu_executor

@@ -17,7 +17,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "kernels/cpu/ops.h"
 #include "kernels/include/kvc/kernels/bf16.h"
 #include "kernels/include/kvc/kernels/cuda_kernels.h"
 #include "kernels/include/kvc/kernels/executor_ops.h"
@@ -264,17 +263,7 @@ absl::StatusOr<std::unique_ptr<CudaExecutor::State>> NewState(const ModelConfig&
   KVC_CUBLAS_RETURN_IF_ERROR(cublasLtCreate(&s->lt), "cublasLtCreate");
   RETURN_IF_ERROR(s->lt_ws.Reserve(CudaExecutor::State::kLtWorkspaceBytes, "cuBLASLt workspace"));
 
-  cpu::RopeFrequencyParams rp;
-  rp.head_dim = c.head_dim;
-  rp.theta = c.rope_theta;
-  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
-    rp.llama3 = true;
-    rp.factor = c.rope_scaling.factor;
-    rp.low_freq_factor = c.rope_scaling.low_freq_factor;
-    rp.high_freq_factor = c.rope_scaling.high_freq_factor;
-    rp.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
-  }
-  std::vector<float> inv = cpu::RopeInvFreq(rp);
+  std::vector<float> inv = RopeInvFreqFor(c, c.head_dim);
   inv.resize(s->kd / 2, 0.0f);  // padded pairs rotate zeros
   RETURN_IF_ERROR(s->inv_freq.Upload(inv, "rope inv_freq"));
 

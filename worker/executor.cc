@@ -5,8 +5,23 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/ops.h"
 
 namespace kvc {
+
+std::vector<float> RopeInvFreqFor(const ModelConfig& c, int32_t head_dim) {
+  cpu::RopeFrequencyParams rp;
+  rp.head_dim = head_dim;
+  rp.theta = c.rope_theta;
+  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
+    rp.llama3 = true;
+    rp.factor = c.rope_scaling.factor;
+    rp.low_freq_factor = c.rope_scaling.low_freq_factor;
+    rp.high_freq_factor = c.rope_scaling.high_freq_factor;
+    rp.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
+  }
+  return cpu::RopeInvFreq(rp);
+}
 
 absl::Status ValidateForwardBatch(const ForwardBatch& batch, const ModelConfig& c,
                                   const KvLayout& layout, bool check_block_ids) {

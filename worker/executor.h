@@ -83,6 +83,10 @@ struct ForwardOutput {
 absl::Status ValidateForwardBatch(const ForwardBatch& batch, const ModelConfig& config,
                                   const KvLayout& layout, bool check_block_ids = true);
 
+// RoPE inverse frequencies of `config` (rope_theta, llama3 scaling) for `head_dim` dimensions:
+// head_dim / 2 entries, shared by every executor.
+std::vector<float> RopeInvFreqFor(const ModelConfig& config, int32_t head_dim);
+
 class Executor {
  public:
   virtual ~Executor() = default;

@@ -294,17 +294,7 @@ absl::StatusOr<std::unique_ptr<TensorParallelCpuExecutor>> TensorParallelCpuExec
         "TensorParallelCpuExecutor: cannot allocate ", n, " weight shards and KV pools (",
         num_blocks, " blocks of ", block_size, " KVs, head_dim ", d, ")"));
   }
-  cpu::RopeFrequencyParams rp;
-  rp.head_dim = d;
-  rp.theta = c.rope_theta;
-  if (c.rope_scaling.type == RopeScaling::Type::kLlama3) {
-    rp.llama3 = true;
-    rp.factor = c.rope_scaling.factor;
-    rp.low_freq_factor = c.rope_scaling.low_freq_factor;
-    rp.high_freq_factor = c.rope_scaling.high_freq_factor;
-    rp.original_max_position_embeddings = c.rope_scaling.original_max_position_embeddings;
-  }
-  e->inv_freq_ = cpu::RopeInvFreq(rp);
+  e->inv_freq_ = RopeInvFreqFor(c, d);
   RETURN_IF_ERROR(e->ResetCommunicators());
   e->slot_reader_ = std::make_unique<Reader>(e.get());
   e->threads_ = std::make_unique<RankThreads>(n);
@@ -426,7 +416,6 @@ absl::StatusOr<EvictionPlan> TensorParallelCpuExecutor::PlanEvictionOnRanks(
 }
 
 // ---- Forward -----------------------------------------------------------------------------------
-
 
 absl::Status TensorParallelCpuExecutor::Forward(const ForwardBatch& batch, ForwardOutput* out) {
   if (out == nullptr) return absl::InvalidArgumentError("Forward: out is null");
