@@ -20,6 +20,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/process.h"
 #include "model/config.h"
 #include "model/weights.h"
 #include "worker/cpu_executor.h"
@@ -58,15 +59,6 @@ struct Result {
   double tokens_per_s = 0;
   double final_ratio = 0;
 };
-
-std::string CpuName() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown CPU";
-}
 
 Result RunOnce(std::shared_ptr<const ModelWeights> weights, const Options& o, double rate,
                CompressionPolicyKind policy) {
@@ -212,7 +204,7 @@ int Main(int argc, char** argv) {
       "kvc capacity benchmark — CPU backend on %s\nmodel: %s\n%d requests x (%d prompt + %d "
       "output) tokens, KV pool sized for %d uncompressed requests, block %d, policy %s, "
       "protected window 32\n\n",
-      CpuName(), model_name, o.num_prompts, o.input_len, o.output_len, o.fit_uncompressed,
+      HostCpuName(), model_name, o.num_prompts, o.input_len, o.output_len, o.fit_uncompressed,
       o.block_size, o.policy);
   std::cout << absl::StrFormat("%6s %10s %9s %11s %12s %9s %10s %14s %14s\n", "rate", "mean_batch",
                                "max_batch", "batch_x_off", "preemptions", "compress", "seconds",

@@ -20,6 +20,10 @@ int WaitForShutdownSignal();
 absl::Status WriteReadyFile(const std::string& path,
                             const std::map<std::string, std::string>& values);
 
+// The host CPU's model name from /proc/cpuinfo ("unknown CPU" where it cannot be read), for the
+// device line that every benchmark prints.
+std::string HostCpuName();
+
 }  // namespace kvc
 
 #endif  // KVC_COMMON_PROCESS_H_

@@ -45,6 +45,7 @@
 #include "bench/eval/report.h"
 #include "bench/eval/runner.h"
 #include "bench/eval/tasks.h"
+#include "common/process.h"
 #include "model/tokenizer.h"
 #include "model/weights.h"
 #include "nlohmann/json.hpp"
@@ -86,15 +87,6 @@ struct Options {
 [[noreturn]] void Usage(const std::string& msg) {
   std::cerr << "kvc-eval: " << msg << "\n(see the comment at the top of bench/eval/eval_main.cc)\n";
   std::exit(2);
-}
-
-std::string CpuName() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown CPU";
 }
 
 Options Parse(int argc, char** argv) {
@@ -494,10 +486,10 @@ int Main(int argc, char** argv) {
       std::cerr << "kvc-eval: --backend cuda: " << gpu.status() << "\n";
       return 1;
     }
-    report["device"] = absl::StrCat("CUDA backend (bf16) on ", *gpu, ", host ", CpuName());
+    report["device"] = absl::StrCat("CUDA backend (bf16) on ", *gpu, ", host ", HostCpuName());
   } else {
     report["device"] =
-        absl::StrCat("CPU backend (fp32) on ", CpuName(), ", ",
+        absl::StrCat("CPU backend (fp32) on ", HostCpuName(), ", ",
                      o.threads > 0 ? o.threads : static_cast<int32_t>(hw), " threads");
   }
   report["backend"] = std::string(BackendName(o.run.backend));

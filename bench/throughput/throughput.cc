@@ -51,6 +51,7 @@
 #include "absl/strings/strip.h"
 #include "bench/eval/plot.h"
 #include "common/metrics.h"
+#include "common/process.h"
 #include "common/status_macros.h"
 #include "kvmanager/compression_policy.h"
 #include "model/config.h"
@@ -278,15 +279,6 @@ class BorrowedExecutor final : public Executor {
   Executor* e_;
 };
 
-std::string CpuName() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line)) {
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  }
-  return "unknown CPU";
-}
-
 int CudaDevices() {
 #if defined(KVC_HAS_CUDA_EXECUTOR)
   int n = 0;
@@ -386,7 +378,7 @@ absl::StatusOr<Setup> BuildExecutor(const Options& o) {
   }
 #endif
   if (!cuda) {
-    s.device = CpuName();
+    s.device = HostCpuName();
     ASSIGN_OR_RETURN(s.executor, CpuExecutor::Create(weights, s.num_blocks, o.block_size));
   }
   s.create_seconds = Seconds(t0, Clock::now());
